@@ -1,0 +1,43 @@
+# Two entry points (see README): `make demo` and `make test`. Everything else is a helper.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEMO ?= demo
+
+.PHONY: demo test lint typecheck unit bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+## make demo: sample main + staging under ./demo, merge them, print the metrics
+demo: $(VENV)/.installed
+	rm -rf $(DEMO)
+	$(PY) -m stagingmerge_merger.sample demo $(DEMO)
+	$(VENV)/bin/stagingmerge-merge --main $(DEMO)/main --staging $(DEMO)/staging \
+		--metrics-file $(DEMO)/metrics.json
+	@echo "metrics: $(DEMO)/metrics.json"
+
+## make test: lint, type-check, then every test (S3 server, API emulator, helm are set up by it)
+test: $(VENV)/.installed lint typecheck
+	$(PY) tools/get_helm.py
+	$(PY) -m pytest
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(VENV)/.installed
+	$(VENV)/bin/mypy
+
+unit: $(VENV)/.installed
+	$(PY) -m pytest tests/unit
+
+## make bench: the benchmark of the README (generates data under bench/data first)
+bench: $(VENV)/.installed
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) $(DEMO) .pytest_cache .mypy_cache .ruff_cache

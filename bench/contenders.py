@@ -1,0 +1,83 @@
+"""The two reference contenders of bench/run.py, each run as its own process.
+
+    python bench/contenders.py append|original MAIN STAGING
+
+Both print one JSON line with "inserted". Neither deletes staging.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake import DeltaTable, write_deltalake
+
+ORIGINAL_BATCH = 8_192
+PREDICATE = "target.source_url = source.source_url AND target.cert_index = source.cert_index"
+
+
+def plain_append(main: str, staging: str) -> int:
+    """The limit: read staging, append the rows known to be new, never look at main.
+
+    Which rows are new is known from how bench/run.py generated the data (an
+    oracle): per log, the indexes at or past main's end."""
+    meta = json.loads((Path(staging).parent / "new_from").read_text())
+    per_log, bases = meta["per_log"], meta["bases"]
+    table = DeltaTable(staging).to_pyarrow_dataset()
+    from stagingmerge_merger.sample import LOGS
+
+    url_to_end = pa.array([bases[i] + per_log for i in range(len(bases))], pa.int64())
+    urls_known = pa.array([url for _, url in LOGS[: len(bases)]])
+    inserted = 0
+
+    def batches():
+        nonlocal inserted
+        for batch in table.to_batches(batch_size=8192):
+            end = url_to_end.take(pc.index_in(batch["source_url"], urls_known))
+            keep = batch.filter(pc.greater_equal(batch["cert_index"], end))
+            inserted += keep.num_rows
+            yield keep
+
+    dt = DeltaTable(main)
+    schema = pa.schema(dt.schema().to_arrow())
+    reader = pa.RecordBatchReader.from_batches(
+        schema, (b.select(schema.names).cast(schema) for b in batches())
+    )
+    write_deltalake(dt, reader, mode="append")
+    return inserted
+
+
+def original(main: str, staging: str) -> int:
+    """The original design: collect all of staging, then one MERGE per ~8 K rows."""
+    rows = DeltaTable(staging).to_pyarrow_table()
+    dt = DeltaTable(main)
+    inserted = 0
+    for start in range(0, rows.num_rows, ORIGINAL_BATCH):
+        metrics = (
+            dt.merge(
+                rows.slice(start, ORIGINAL_BATCH),
+                PREDICATE,
+                source_alias="source",
+                target_alias="target",
+            )
+            .when_not_matched_insert_all()
+            .execute()
+        )
+        inserted += int(metrics["num_target_rows_inserted"])
+    return inserted
+
+
+def main() -> None:
+    name, main_uri, staging_uri = sys.argv[1:4]
+    inserted = {"append": plain_append, "original": original}[name](main_uri, staging_uri)
+    sys.stdout.write(json.dumps({"inserted": inserted}) + "\n")
+    sys.stdout.flush()
+    os._exit(0)  # delta-rs issue 2184: do not let interpreter teardown abort after commit
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,265 @@
+"""Benchmark: stagingmerge against the original design and the plain-append limit.
+
+    python bench/run.py --main-rows 1000000 --staging-rows 100000
+
+Data (cached under bench/data/, deterministic): CT-like rows (~2.2 KB, `as_der`
+1.6 KB of random base64) from 8 logs interleaved in every file, as a live writer
+leaves them; main partitioned by `seen_date`; staging overlaps main by
+`--overlap` of its keys. Each contender runs as a fresh process on the same
+main, which is reset to its original version afterwards; wall time and the
+child's peak RSS are measured from outside (wait4).
+
+Contenders:
+  stagingmerge  the `stagingmerge-merge` CLI (with --keep-staging)
+  append        the plain-append limit: read staging, append the rows known to be
+                new (an oracle: no look at main at all)
+  original      the original design: collect all of staging, then one insert-only
+                MERGE per 8,192 rows with the key-only predicate
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE / "data"
+RESULTS = HERE / "results"
+CONTENDERS = ("stagingmerge", "append", "original")
+LOGS = 8
+FILE_ROWS = 100_000  # rows per main commit: each file holds every log, interleaved
+
+
+@dataclass
+class Result:
+    contender: str
+    main_rows: int
+    staging_rows: int
+    batch_rows: int
+    seconds: float
+    peak_rss_mib: float
+    rows_per_second: float
+    inserted: int
+    exit_code: int
+    batches: int | None = None
+    batch_seconds_median: float | None = None
+    batch_seconds_max: float | None = None
+
+
+def generate(main_rows: int, staging_rows: int, overlap: float) -> tuple[Path, Path]:
+    """main: per_log entries of each of 8 logs; staging: the last `overlap` share of its
+    keys already in main, the rest new. Written once, reused across runs."""
+    from datetime import UTC, datetime, timedelta
+
+    from deltalake import write_deltalake
+    from stagingmerge_merger.sample import ct_table, interleaved_keys
+
+    folder = DATA / f"main{main_rows}-staging{staging_rows}-overlap{overlap:g}"
+    main, staging = folder / "main", folder / "staging"
+    done = folder / ".complete"
+    if done.exists():
+        return main, staging
+    shutil.rmtree(folder, ignore_errors=True)
+    per_log = main_rows // LOGS
+    # Logs at very different index ranges, as real CT logs are.
+    bases = [i * 37_000_000 + 1_000_000 for i in range(LOGS)]
+    log_ids, offsets = interleaved_keys(LOGS, per_log)
+    indexes = [bases[log] + off for log, off in zip(log_ids, offsets, strict=True)]
+    step = timedelta(seconds=0.5)
+    for start in range(0, len(indexes), FILE_ROWS):
+        table = ct_table(
+            log_ids[start : start + FILE_ROWS],
+            indexes[start : start + FILE_ROWS],
+            seed=start,
+            seen_start=datetime(2025, 10, 1, tzinfo=UTC) + start * step,
+            seen_step=step,
+        )
+        write_deltalake(main, table, partition_by=["seen_date"], mode="append")
+        print(f"main: {start + table.num_rows:,} rows", file=sys.stderr)
+    s_per_log = staging_rows // LOGS
+    first = per_log - int(s_per_log * overlap)
+    s_logs, s_offsets = interleaved_keys(LOGS, s_per_log, first_index=first)
+    s_indexes = [bases[log] + off for log, off in zip(s_logs, s_offsets, strict=True)]
+    for start in range(0, len(s_indexes), FILE_ROWS // 4):
+        stop = start + FILE_ROWS // 4
+        table = ct_table(
+            s_logs[start:stop],
+            s_indexes[start:stop],
+            seed=10**9 + start,
+            seen_start=datetime(2025, 12, 1, tzinfo=UTC),
+        )
+        write_deltalake(staging, table, mode="append")
+    (folder / "new_from").write_text(json.dumps({"per_log": per_log, "bases": bases}))
+    done.touch()
+    return main, staging
+
+
+def snapshot(table: Path) -> set[Path]:
+    return {p for p in table.rglob("*") if p.is_file()}
+
+
+def restore(table: Path, before: set[Path]) -> None:
+    """Put main back as it was: remove every file a contender added."""
+    for path in snapshot(table) - before:
+        path.unlink()
+
+
+def run_contender(
+    name: str, main: Path, staging: Path, batch_rows: int
+) -> tuple[int, float, float, str]:
+    """Run one contender as a child process; (exit code, seconds, peak RSS MiB, output).
+
+    getrusage(RUSAGE_CHILDREN) is the peak over reaped children, so this is called
+    from a fresh `run.py --one` process whose only child is the contender."""
+    if name == "stagingmerge":
+        exe = Path(sys.executable).with_name("stagingmerge-merge")
+        cmd = [
+            str(exe),
+            "--main",
+            str(main),
+            "--staging",
+            str(staging),
+            "--keep-staging",
+            "--batch-rows",
+            str(batch_rows),
+            "--log-format",
+            "json",
+            "--metrics-file",
+            os.devnull,
+        ]
+    else:
+        cmd = [sys.executable, str(HERE / "contenders.py"), name, str(main), str(staging)]
+    started = time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    seconds = time.monotonic() - started
+    rss_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return proc.returncode, seconds, rss_mib, proc.stdout + proc.stderr
+
+
+def parse_batches(output: str) -> list[float]:
+    seconds = []
+    for line in output.splitlines():
+        if '"batch done"' in line:
+            seconds.append(float(json.loads(line)["seconds"]))
+    return seconds
+
+
+def parse_inserted(output: str) -> int:
+    for line in reversed(output.splitlines()):
+        if line.startswith("{") and '"inserted"' in line:
+            try:
+                return int(json.loads(line)["inserted"])
+            except (ValueError, KeyError):
+                continue
+    return -1
+
+
+def one(args: argparse.Namespace) -> None:
+    """Run one contender in this (fresh) process's only child; print a Result as JSON."""
+    main, staging = Path(args.main), Path(args.staging)
+    before = snapshot(main)
+    try:
+        code, seconds, rss, output = run_contender(args.one, main, staging, args.batch_rows)
+    finally:
+        restore(main, before)
+    batches = parse_batches(output)
+    if code != 0:
+        print(output[-3000:], file=sys.stderr)
+    inserted = parse_inserted(output)
+    ordered = sorted(batches)
+    result = Result(
+        contender=args.one,
+        main_rows=args.main_rows,
+        staging_rows=args.staging_rows,
+        batch_rows=args.batch_rows,
+        seconds=round(seconds, 2),
+        peak_rss_mib=round(rss, 1),
+        rows_per_second=round(args.staging_rows / seconds),
+        inserted=inserted,
+        exit_code=code,
+        batches=len(batches) or None,
+        batch_seconds_median=ordered[len(ordered) // 2] if ordered else None,
+        batch_seconds_max=ordered[-1] if ordered else None,
+    )
+    print(json.dumps(asdict(result)))
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        mem = int(Path("/proc/meminfo").read_text().split()[1]) // 1024 // 1024
+    except OSError:
+        mem = 0
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {mem} GiB RAM, {platform.system()}, Python "
+        f"{platform.python_version()}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--main-rows", type=int, default=1_000_000)
+    parser.add_argument("--staging-rows", type=int, default=100_000)
+    parser.add_argument("--overlap", type=float, default=0.5)
+    parser.add_argument("--batch-rows", type=int, default=250_000)
+    parser.add_argument("--contenders", default=",".join(CONTENDERS))
+    parser.add_argument("--one", choices=CONTENDERS, help=argparse.SUPPRESS)
+    parser.add_argument("--main", help=argparse.SUPPRESS)
+    parser.add_argument("--staging", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        one(args)
+        return
+    main_path, staging_path = generate(args.main_rows, args.staging_rows, args.overlap)
+    RESULTS.mkdir(exist_ok=True)
+    results = []
+    for name in args.contenders.split(","):
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--one",
+                name,
+                "--main",
+                str(main_path),
+                "--staging",
+                str(staging_path),
+                "--main-rows",
+                str(args.main_rows),
+                "--staging-rows",
+                str(args.staging_rows),
+                "--batch-rows",
+                str(args.batch_rows),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        if out.stderr:
+            print(out.stderr, file=sys.stderr)
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        results.append(result)
+        print(json.dumps(result), flush=True)
+    record = {"machine": machine(), "when": time.strftime("%Y-%m-%d"), "results": results}
+    name = f"main{args.main_rows}-staging{args.staging_rows}-batch{args.batch_rows}.json"
+    (RESULTS / name).write_text(json.dumps(record, indent=2) + "\n")
+    print(f"saved {RESULTS / name}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

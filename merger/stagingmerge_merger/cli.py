@@ -1,0 +1,212 @@
+"""`stagingmerge-merge`: arguments, logging, signals, metrics file, exit codes.
+
+Exit codes: 0 merged or nothing to do; 1 a failure worth retrying (storage
+trouble, a signal, staging written during the merge); 2 invalid input, never
+worth retrying. The process leaves through `os._exit` after flushing, because a
+Python process that wrote with deltalake can abort at interpreter exit
+(delta-rs issue 2184) and turn a success into rc 134.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import NoReturn
+
+import structlog
+
+from . import __version__, plan
+from .engine import MergeRequest, Progress, run_merge
+from .errors import EXIT_INVALID, EXIT_OK, EXIT_RETRY, InvalidInputError, MergeError
+from .logs import BarProgress, LogProgress, configure, resolve_format
+from .metrics import (
+    FAILED,
+    INVALID_INPUT,
+    RUNNING,
+    MergeMetrics,
+    default_metrics_path,
+    write_metrics,
+)
+from .storage import allowed_prefixes, first_line, parse_location, parse_storage_options, scrub
+
+log = structlog.get_logger("stagingmerge.merge")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise InvalidInputError(f"{self.prog}: {message} (see --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="stagingmerge-merge",
+        description="Insert into MAIN every STAGING row whose key MAIN lacks, exactly once, "
+        "then delete STAGING.",
+    )
+    p.add_argument(
+        "--main",
+        required=True,
+        metavar="URI",
+        help="main Delta table: a path, file://, s3://, gs://, az:// or abfss:// URI",
+    )
+    p.add_argument("--staging", required=True, metavar="URI", help="staging Delta table")
+    p.add_argument(
+        "--keys",
+        default=",".join(plan.DEFAULT_KEYS),
+        metavar="COL[,COL...]",
+        help="key columns (default: %(default)s)",
+    )
+    p.add_argument(
+        "--batch-rows",
+        type=int,
+        default=250_000,
+        metavar="N",
+        help="staging rows per batch; one Delta commit each (default: %(default)s)",
+    )
+    p.add_argument(
+        "--keep-staging", action="store_true", help="do not delete staging after a successful merge"
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="count what would be inserted; write and delete nothing",
+    )
+    p.add_argument(
+        "--metrics-file",
+        type=Path,
+        metavar="PATH",
+        help="write the metrics JSON here (default: /dev/termination-log if it exists)",
+    )
+    p.add_argument(
+        "--storage-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="deltalake/object_store option, repeatable; AWS_*, AZURE_*, GOOGLE_* "
+        "environment variables are read too",
+    )
+    p.add_argument(
+        "--partition-by",
+        default="",
+        metavar="COL[,COL...]",
+        help="partition columns when main has to be created (default: seen_date if staging has it)",
+    )
+    p.add_argument(
+        "--log-format",
+        choices=("auto", "json", "text"),
+        default="auto",
+        help="auto: text on a terminal, JSON otherwise (default)",
+    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return p
+
+
+def request_from_args(args: argparse.Namespace) -> MergeRequest:
+    return MergeRequest(
+        main=parse_location(args.main),
+        staging=parse_location(args.staging),
+        keys=plan.parse_keys(args.keys),
+        batch_rows=plan.parse_batch_rows(args.batch_rows),
+        keep_staging=args.keep_staging,
+        dry_run=args.dry_run,
+        storage_options=parse_storage_options(args.storage_option),
+        partition_by=tuple(c.strip() for c in args.partition_by.split(",") if c.strip()),
+        allowed_prefixes=tuple(allowed_prefixes()),
+    )
+
+
+class StopFlag:
+    """SIGTERM/SIGINT: finish the batch in flight, then stop. A second signal exits now.
+
+    The handler only sets a flag (and, for the second signal, writes one line with
+    os.write): logging from a signal handler can re-enter a stream mid-write.
+    """
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.signal_name = ""
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        if self._event.is_set():
+            os.write(
+                2,
+                b'{"level":"error","event":"second signal: leaving now; the batch in'
+                b' flight is not committed"}\n',
+            )
+            os._exit(EXIT_RETRY)
+        self.signal_name = signal.Signals(signum).name
+        self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Parse, merge, report; return the exit code (never raises)."""
+    metrics = MergeMetrics()
+    metrics_path = default_metrics_path()
+    options: dict[str, str] = {}
+    configure(resolve_format("auto"))
+    try:
+        args = build_parser().parse_args(argv)
+        metrics_path = args.metrics_file or metrics_path
+        fmt = resolve_format(args.log_format)
+        configure(fmt)
+        stop = StopFlag()
+        stop.install()
+        request = request_from_args(args)
+        options = request.storage_options
+        progress: Progress = (
+            BarProgress() if fmt == "text" and sys.stderr.isatty() else LogProgress()
+        )
+        run_merge(request, metrics, progress=progress, should_stop=stop.is_set)
+        code = EXIT_OK
+    except MergeError as exc:
+        code = exc.exit_code
+        metrics.error = scrub(str(exc), options)
+        if metrics.outcome == RUNNING:
+            metrics.outcome = INVALID_INPUT if code == EXIT_INVALID else FAILED
+        log.error(metrics.error, reason=exc.reason, exit_code=code)
+    except Exception as exc:
+        code = EXIT_RETRY
+        metrics.outcome = FAILED
+        metrics.error = scrub(f"unexpected {type(exc).__name__}: {first_line(str(exc))}", options)
+        log.exception("unexpected error", error=metrics.error)
+    _report(metrics, metrics_path)
+    return code
+
+
+def _report(metrics: MergeMetrics, path: Path | None) -> None:
+    log.info("merge finished", **{k: v for k, v in vars(metrics).items() if k != "error"})
+    sys.stdout.write(metrics.to_json() + "\n")
+    if path is not None:
+        try:
+            write_metrics(path, metrics)
+        except OSError as exc:
+            log.warning("could not write the metrics file", path=str(path), error=str(exc))
+
+
+def _leave(code: int) -> NoReturn:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    _leave(run(argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""The merge's counters, and the one JSON object they become.
+
+The JSON goes to `--metrics-file`, by default the Kubernetes termination message
+(`/dev/termination-log`, which the kubelet truncates at 4 KB), where the operator
+reads it back onto the StagingMerge status.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+TERMINATION_LOG = Path("/dev/termination-log")
+MAX_BYTES = 4096
+
+# outcome values
+MERGED = "merged"
+NOTHING_TO_MERGE = "nothing_to_merge"
+DRY_RUN = "dry_run"
+INTERRUPTED = "interrupted"
+STAGING_CHANGED = "staging_changed"
+FAILED = "failed"
+INVALID_INPUT = "invalid_input"
+RUNNING = "running"
+
+
+@dataclass
+class MergeMetrics:
+    """What one run did. `staging_rows == inserted + skipped_existing + skipped_duplicates`
+    for the batches that ran."""
+
+    outcome: str = RUNNING
+    staging_rows: int = 0
+    inserted: int = 0
+    skipped_existing: int = 0
+    skipped_duplicates: int = 0
+    batches: int = 0
+    batches_planned: int = 0
+    main_version_before: int | None = None
+    main_version_after: int | None = None
+    main_created: bool = False
+    staging_version: int | None = None
+    staging_deleted: bool = False
+    staging_objects_deleted: int = 0
+    concurrent_commits: int = 0
+    duplicates_repaired: int = 0
+    commit_retries: int = 0
+    duration_seconds: float = 0.0
+    dry_run: bool = False
+    error: str | None = None
+
+    def to_json(self) -> str:
+        """One line of JSON under MAX_BYTES (the error message is cut to fit)."""
+        data = asdict(self)
+        data["duration_seconds"] = round(self.duration_seconds, 3)
+        text = json.dumps(data, separators=(",", ":"))
+        if len(text.encode()) > MAX_BYTES and self.error:
+            overflow = len(text.encode()) - MAX_BYTES + 3
+            data["error"] = self.error[: max(0, len(self.error) - overflow)] + "..."
+            text = json.dumps(data, separators=(",", ":"))
+        return text
+
+
+def default_metrics_path() -> Path | None:
+    """The termination log when running in a Kubernetes container, else nowhere."""
+    return (
+        TERMINATION_LOG
+        if TERMINATION_LOG.exists() and os.access(TERMINATION_LOG, os.W_OK)
+        else None
+    )
+
+
+def write_metrics(path: Path, metrics: MergeMetrics) -> None:
+    path.write_text(metrics.to_json() + "\n", encoding="utf-8")

@@ -1,0 +1,266 @@
+"""Pure planning logic: keys, schema compatibility, batches and SQL predicates.
+
+Nothing here reads or writes storage; every function is a unit-testable
+transformation of plain values (Delta schema JSON, row counts, key bounds).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import InvalidInputError
+
+DEFAULT_KEYS = ("source_url", "cert_index")
+DEFAULT_PARTITION_COLUMN = "seen_date"
+
+# Delta primitive types a key column may have: each renders as an exact SQL literal.
+KEY_TYPES = frozenset({"string", "long", "integer", "short", "byte", "date"})
+_INTEGER_TYPES = frozenset({"long", "integer", "short", "byte"})
+
+# Above this many distinct key prefixes in one batch the range predicate collapses
+# to one BETWEEN per key column (DataFusion parses long OR chains recursively).
+MAX_PREDICATE_GROUPS = 64
+
+
+# --- keys -------------------------------------------------------------------------
+
+
+def parse_keys(text: str) -> tuple[str, ...]:
+    """`a,b` -> ("a", "b"); refuse an empty list and repeated names."""
+    keys = tuple(k.strip() for k in text.split(","))
+    if not text.strip() or any(not k for k in keys):
+        raise InvalidInputError(
+            f"--keys must list one or more column names separated by commas, got {text!r}"
+        )
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise InvalidInputError(f"--keys names {', '.join(repeated)} more than once")
+    return keys
+
+
+def parse_batch_rows(value: int) -> int:
+    if value <= 0:
+        raise InvalidInputError(f"--batch-rows must be a positive number of rows, got {value}")
+    return value
+
+
+# --- schemas ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str  # canonical JSON of the Delta type: "long", or {"type": "array", ...}
+    nullable: bool
+
+    @property
+    def type_name(self) -> str:
+        parsed = json.loads(self.type)
+        return parsed if isinstance(parsed, str) else str(parsed.get("type", "struct"))
+
+
+def columns_of(schema_json: str | Mapping[str, Any]) -> dict[str, Column]:
+    """Columns of a Delta schema (as `DeltaTable.schema().to_json()` gives it), in order."""
+    schema = json.loads(schema_json) if isinstance(schema_json, str) else schema_json
+    return {
+        f["name"]: Column(f["name"], _canonical_type(f["type"]), bool(f.get("nullable", True)))
+        for f in schema["fields"]
+    }
+
+
+def _canonical_type(value: Any) -> str:
+    # Field metadata (comments, column-mapping ids) is not part of type identity.
+    def strip(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: strip(v) for k, v in sorted(node.items()) if k != "metadata"}
+        if isinstance(node, list):
+            return [strip(v) for v in node]
+        return node
+
+    return json.dumps(strip(value), sort_keys=True)
+
+
+def check_keys(columns: Mapping[str, Column], keys: Sequence[str], table: str) -> None:
+    """Every key column exists and has a type a key can have."""
+    missing = [k for k in keys if k not in columns]
+    if missing:
+        raise InvalidInputError(
+            f"{table} has no key column {', '.join(missing)}"
+            f" (its columns: {', '.join(columns) or 'none'}); set --keys to columns it has"
+        )
+    for key in keys:
+        kind = columns[key].type_name
+        if kind not in KEY_TYPES:
+            raise InvalidInputError(
+                f"key column {key} in {table} has type {kind}; key columns must be one of "
+                f"{', '.join(sorted(KEY_TYPES))}"
+            )
+
+
+def check_compatible(
+    main: Mapping[str, Column], staging: Mapping[str, Column], keys: Sequence[str]
+) -> list[str]:
+    """Refuse a staging schema that main can't take as it is; return must-be-non-null columns.
+
+    Names and types must match exactly (column order may differ). A column that
+    main declares NOT NULL may be nullable in staging (pyarrow writes nullable by
+    default), as long as staging holds no NULL in it: the returned list is the
+    key columns plus those, for the caller to check before anything is written.
+    """
+    extra = [c for c in staging if c not in main]
+    missing = [c for c in main if c not in staging]
+    changed = [
+        f"{c} (main {main[c].type_name}, staging {staging[c].type_name})"
+        for c in staging
+        if c in main and main[c].type != staging[c].type
+    ]
+    problems = []
+    if extra:
+        problems.append(f"staging has columns main lacks: {', '.join(extra)}")
+    if missing:
+        problems.append(f"main has columns staging lacks: {', '.join(missing)}")
+    if changed:
+        problems.append(f"column types differ: {', '.join(changed)}")
+    if problems:
+        raise InvalidInputError("schema mismatch: " + "; ".join(problems))
+    check_keys(main, keys, "main")
+    required = list(keys)
+    required += [c for c, col in main.items() if not col.nullable and c not in keys]
+    return required
+
+
+def partition_for_new_main(columns: Mapping[str, Column], requested: Sequence[str]) -> list[str]:
+    """Partition columns for a main table created from staging's schema."""
+    if requested:
+        unknown = [c for c in requested if c not in columns]
+        if unknown:
+            raise InvalidInputError(
+                f"--partition-by names {', '.join(unknown)}, which staging does not have"
+            )
+        return list(requested)
+    return [DEFAULT_PARTITION_COLUMN] if DEFAULT_PARTITION_COLUMN in columns else []
+
+
+# --- batches ------------------------------------------------------------------------
+
+
+def plan_batches(unit_rows: Sequence[int], batch_rows: int) -> list[range]:
+    """Group consecutive read units (files or row groups) into batches of ~batch_rows.
+
+    Units keep their order (the order decides which copy of a key wins); a unit
+    larger than `batch_rows` forms a batch of its own. Empty units are dropped.
+    """
+    batches: list[range] = []
+    start, total = 0, 0
+    for index, rows in enumerate(unit_rows):
+        if rows == 0 and total == 0:
+            start = index + 1
+            continue
+        if total and total + rows > batch_rows:
+            batches.append(range(start, index))
+            start, total = index, 0
+        total += rows
+    if total:
+        batches.append(range(start, len(unit_rows)))
+    return batches
+
+
+# --- SQL predicates -----------------------------------------------------------------
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def sql_literal(value: Any, type_name: str) -> str:
+    """An exact SQL literal for a key value of the given Delta type."""
+    if type_name in _INTEGER_TYPES:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"expected an integer for {type_name}, got {value!r}")
+        return str(value)
+    if type_name == "string":
+        return "'" + str(value).replace("'", "''") + "'"
+    if type_name == "date":
+        if not isinstance(value, dt.date):
+            raise TypeError(f"expected a date, got {value!r}")
+        return f"DATE '{value.isoformat()}'"
+    raise TypeError(f"no SQL literal for type {type_name}")
+
+
+@dataclass(frozen=True)
+class KeyRange:
+    """The keys of one prefix (all key columns but the last) span [low, high] in the last."""
+
+    prefix: tuple[Any, ...]
+    low: Any
+    high: Any
+
+
+def range_predicate(
+    keys: Sequence[str], types: Mapping[str, str], ranges: Sequence[KeyRange]
+) -> str | None:
+    """A predicate that every key in `ranges` satisfies, tight enough to prune files.
+
+    One `prefix = ... AND last BETWEEN low AND high` term per prefix, or, beyond
+    MAX_PREDICATE_GROUPS prefixes, one BETWEEN per key column. None: no keys.
+    """
+    if not ranges:
+        return None
+    *prefix_cols, last = keys
+
+    def between(col: str, low: Any, high: Any) -> str:
+        t = types[col]
+        if low == high:
+            return f"{quote_ident(col)} = {sql_literal(low, t)}"
+        return f"{quote_ident(col)} BETWEEN {sql_literal(low, t)} AND {sql_literal(high, t)}"
+
+    if len(ranges) <= MAX_PREDICATE_GROUPS:
+        terms = []
+        for r in ranges:
+            parts = [
+                f"{quote_ident(c)} = {sql_literal(v, types[c])}"
+                for c, v in zip(prefix_cols, r.prefix, strict=True)
+            ]
+            parts.append(between(last, r.low, r.high))
+            terms.append(" AND ".join(parts))
+        return _or(terms)
+    parts = []
+    for i, col in enumerate(prefix_cols):
+        values = [r.prefix[i] for r in ranges]
+        parts.append(between(col, min(values), max(values)))
+    parts.append(between(last, min(r.low for r in ranges), max(r.high for r in ranges)))
+    return " AND ".join(parts)
+
+
+def keys_in_predicate(
+    keys: Sequence[str], types: Mapping[str, str], rows: Sequence[tuple[Any, ...]]
+) -> str:
+    """A predicate matching exactly the given key tuples (grouped by prefix, IN on the last)."""
+    if not rows:
+        raise ValueError("no keys")
+    *prefix_cols, last = keys
+    groups: dict[tuple[Any, ...], list[Any]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[:-1]), []).append(row[-1])
+    terms = []
+    for prefix, values in groups.items():
+        parts = [
+            f"{quote_ident(c)} = {sql_literal(v, types[c])}"
+            for c, v in zip(prefix_cols, prefix, strict=True)
+        ]
+        listed = ", ".join(sql_literal(v, types[last]) for v in sorted(set(values)))
+        parts.append(f"{quote_ident(last)} IN ({listed})")
+        terms.append(" AND ".join(parts))
+    return _or(terms)
+
+
+def _or(terms: Sequence[str]) -> str:
+    return terms[0] if len(terms) == 1 else " OR ".join(f"({t})" for t in terms)
+
+
+def null_predicate(columns: Sequence[str]) -> str:
+    return " OR ".join(f"{quote_ident(c)} IS NULL" for c in columns)

@@ -1,0 +1,427 @@
+"""Where tables live: parsing and comparing locations, storage options, deleting a prefix.
+
+Everything that touches storage *outside* the Delta protocol is here (listing a
+staging prefix, writing the completion marker, deleting objects); reading and
+writing the tables themselves is `delta.py`'s job. obstore shares delta-rs's
+`object_store` crate, so the same storage options and environment variables
+(AWS_*, AZURE_*, GOOGLE_*) serve both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from .errors import InvalidInputError, StorageError
+
+# URI scheme -> store kind. `kind` is what nesting and safety checks compare.
+_SCHEMES = {
+    "file": "file",
+    "s3": "s3",
+    "s3a": "s3",
+    "gs": "gs",
+    "gcs": "gs",
+    "az": "az",
+    "azure": "az",
+    "abfs": "az",
+    "abfss": "az",
+}
+SUPPORTED_SCHEMES = "a local path, file://, s3://, s3a://, gs://, az://, abfs:// or abfss://"
+
+# Written into the staging prefix once a merge is complete and before anything is
+# deleted, so that a run killed half-way through the deletion can finish it.
+COMPLETION_MARKER = "_stagingmerge_merged.json"
+DELTA_LOG = "_delta_log"
+ALLOWED_PREFIXES_ENV = "STAGINGMERGE_ALLOWED_PREFIXES"
+
+# Storage option names whose values are never printed.
+_SECRET_HINTS = ("SECRET", "TOKEN", "KEY", "PASSWORD", "SAS", "CREDENTIAL", "SIGNATURE")
+_ENV_PREFIXES = ("AWS_", "AZURE_", "GOOGLE_", "GCS_")
+
+
+@dataclass(frozen=True)
+class Location:
+    """A table location: a local directory or an object-store prefix.
+
+    `container` is the bucket (s3, gs) or `[account/]container` (az), empty for
+    local paths; `path` has no leading or trailing slash for object stores and is
+    absolute for local paths.
+    """
+
+    kind: str
+    container: str
+    path: str
+    uri: str
+
+    @property
+    def is_local(self) -> bool:
+        return self.kind == "file"
+
+    def contains(self, other: Location) -> bool:
+        """True when `other` is this location or lies inside it."""
+        if self.kind != other.kind or not _same_container(self.container, other.container):
+            return False
+        if self.is_local:
+            return other.path == self.path or other.path.startswith(self.path.rstrip("/") + "/")
+        return self.path == "" or other.path == self.path or other.path.startswith(self.path + "/")
+
+    def overlaps(self, other: Location) -> bool:
+        return self.contains(other) or other.contains(self)
+
+    def child(self, name: str) -> Location:
+        if self.is_local:
+            return Location(self.kind, "", str(Path(self.path) / name), str(Path(self.path) / name))
+        path = f"{self.path}/{name}" if self.path else name
+        return Location(self.kind, self.container, path, f"{self.uri.rstrip('/')}/{name}")
+
+    def __str__(self) -> str:
+        return self.uri
+
+
+def _same_container(a: str, b: str) -> bool:
+    # az://container/... names no account while abfss://container@account... does:
+    # compare the container names when only one side knows the account.
+    if a == b:
+        return True
+    return a.rsplit("/", 1)[-1] == b.rsplit("/", 1)[-1] and ("/" not in a or "/" not in b)
+
+
+def parse_location(text: str) -> Location:
+    """Parse a table URI or local path; raise InvalidInputError when it can't be used."""
+    raw = text.strip()
+    if not raw:
+        raise InvalidInputError("empty table location")
+    if "://" not in raw:
+        return _local(Path(raw))
+    parts = urlsplit(raw)
+    scheme = parts.scheme.lower()
+    kind = _SCHEMES.get(scheme)
+    if kind is None:
+        raise InvalidInputError(
+            f"unsupported URI scheme {scheme!r} in {_redact_uri(raw)}; use {SUPPORTED_SCHEMES}"
+        )
+    if parts.query or parts.fragment:
+        raise InvalidInputError(
+            f"{_redact_uri(raw)}: query strings are not allowed in table URIs;"
+            " pass credentials as --storage-option or environment variables"
+        )
+    if kind == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise InvalidInputError(f"{raw}: file:// URIs must not name a host")
+        return _local(Path(unquote(parts.path)))
+    if not parts.netloc:
+        raise InvalidInputError(f"{_redact_uri(raw)}: the URI names no bucket or container")
+    if "@" in parts.netloc and kind != "az":
+        raise InvalidInputError(f"{_redact_uri(raw)}: credentials in URIs are not allowed")
+    container = parts.netloc
+    if kind == "az" and "@" in parts.netloc:
+        name, host = parts.netloc.split("@", 1)
+        container = f"{host.split('.', 1)[0]}/{name}"
+    path = _clean_key(unquote(parts.path), raw)
+    uri = f"{scheme}://{parts.netloc}/{path}" if path else f"{scheme}://{parts.netloc}"
+    return Location(kind, container, path, uri)
+
+
+def _local(path: Path) -> Location:
+    resolved = path.expanduser().resolve()
+    return Location("file", "", str(resolved), str(resolved))
+
+
+def _clean_key(path: str, raw: str) -> str:
+    segments = [s for s in path.split("/") if s not in ("", ".")]
+    if ".." in segments:
+        raise InvalidInputError(f"{_redact_uri(raw)}: '..' is not allowed in object-store URIs")
+    return "/".join(segments)
+
+
+def _redact_uri(raw: str) -> str:
+    parts = urlsplit(raw)
+    netloc = parts.netloc
+    if "@" in netloc and parts.scheme.lower() not in ("abfs", "abfss"):
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    return f"{parts.scheme}://{netloc}{parts.path}" + ("?***" if parts.query else "")
+
+
+# --- storage options ------------------------------------------------------------
+
+
+def parse_storage_options(pairs: Iterable[str]) -> dict[str, str]:
+    """`KEY=VALUE` strings from the command line into a dict (later ones win)."""
+    options: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise InvalidInputError(
+                f"--storage-option needs KEY=VALUE, got {redact_option_text(pair)!r}"
+            )
+        options[key.strip()] = value
+    return options
+
+
+def redact_option_text(pair: str) -> str:
+    key = pair.partition("=")[0]
+    return f"{key}=***" if "=" in pair else "***"
+
+
+def _is_secret_name(key: str) -> bool:
+    return any(hint in key.upper() for hint in _SECRET_HINTS)
+
+
+def redact_options(options: Mapping[str, str]) -> dict[str, str]:
+    """The options as they may be logged: values of secret-looking keys replaced."""
+    return {key: "***" if _is_secret_name(key) else value for key, value in options.items()}
+
+
+def scrub(message: str, options: Mapping[str, str]) -> str:
+    """Replace every secret-looking storage option or cloud env var value in a message."""
+    env = {k: v for k, v in os.environ.items() if k.upper().startswith(_ENV_PREFIXES)}
+    secrets = {v for k, v in {**env, **options}.items() if len(v) >= 4 and _is_secret_name(k)}
+    for secret in sorted(secrets, key=len, reverse=True):
+        message = message.replace(secret, "***")
+    return message
+
+
+def first_line(message: str) -> str:
+    """Object-store errors carry multi-line debug dumps; a one-line error wants the head."""
+    return message.strip().splitlines()[0] if message.strip() else message
+
+
+# --- safety ---------------------------------------------------------------------
+
+
+def allowed_prefixes(environ: Mapping[str, str] = os.environ) -> list[Location]:
+    raw = environ.get(ALLOWED_PREFIXES_ENV, "")
+    return [parse_location(p) for p in raw.split(",") if p.strip()]
+
+
+def check_deletable(staging: Location, main: Location, allowed: Sequence[Location]) -> None:
+    """Refuse to delete a bucket or container root, anything holding main, or a prefix
+    outside the allow-list."""
+    if not staging.is_local and staging.path == "":
+        raise InvalidInputError(
+            f"refusing to delete {staging}: it is a bucket/container root;"
+            " point staging at a prefix"
+        )
+    if staging.is_local and Path(staging.path).parent == Path(staging.path):
+        raise InvalidInputError(f"refusing to delete {staging}: it is a file system root")
+    if staging.overlaps(main):
+        raise InvalidInputError(
+            f"staging {staging} and main {main} are the same location or one is inside the other"
+        )
+    if allowed and not any(prefix.contains(staging) for prefix in allowed):
+        listed = ", ".join(str(p) for p in allowed)
+        raise InvalidInputError(
+            f"refusing to delete {staging}: it is outside {ALLOWED_PREFIXES_ENV} ({listed})"
+        )
+
+
+# --- the staging prefix as objects ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PrefixState:
+    exists: bool
+    has_delta_log: bool
+    marker: dict[str, Any] | None
+
+
+class Prefix:
+    """Objects under one location, through obstore (local directories included)."""
+
+    def __init__(self, location: Location, options: Mapping[str, str]) -> None:
+        self.location = location
+        self._options = dict(options)
+        self._store: Any = None
+
+    def _open(self) -> Any:
+        if self._store is None:
+            from obstore.store import from_url as obstore_from_url
+
+            # typed per store kind in obstore; the options here are plain strings
+            from_url: Any = obstore_from_url
+            try:
+                if self.location.is_local:
+                    self._store = from_url(
+                        Path(self.location.path).as_uri(), automatic_cleanup=True
+                    )
+                else:
+                    config, client = split_store_options(self._options)
+                    self._store = from_url(
+                        self.location.uri,
+                        config=config or None,
+                        client_options=client or None,
+                        retry_config=_RETRY,
+                    )
+            except Exception as exc:
+                raise _store_error(exc, self.location, self._options, "open") from exc
+        return self._store
+
+    def state(self) -> PrefixState:
+        if self.location.is_local:
+            path = Path(self.location.path)
+            if path.is_file():
+                raise InvalidInputError(f"{path} is a file, not a table directory")
+            if not path.is_dir() or not any(path.iterdir()):
+                return PrefixState(exists=False, has_delta_log=False, marker=None)
+        import obstore
+
+        store = self._open()
+        try:
+            first = next(iter(obstore.list(store, chunk_size=1)), [])
+            if not first:
+                return PrefixState(exists=False, has_delta_log=False, marker=None)
+            log = next(iter(obstore.list(store, prefix=DELTA_LOG + "/", chunk_size=1)), [])
+            marker = self._read_marker(store)
+        except Exception as exc:
+            raise _store_error(exc, self.location, self._options, "list") from exc
+        return PrefixState(exists=True, has_delta_log=bool(log), marker=marker)
+
+    def _read_marker(self, store: Any) -> dict[str, Any] | None:
+        import obstore
+
+        try:
+            raw = bytes(obstore.get(store, COMPLETION_MARKER).bytes())
+        except FileNotFoundError:
+            return None
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            return {}
+        return value if isinstance(value, dict) else {}
+
+    def write_marker(self, content: Mapping[str, Any]) -> None:
+        import obstore
+
+        try:
+            obstore.put(self._open(), COMPLETION_MARKER, json.dumps(dict(content)).encode())
+        except Exception as exc:
+            raise _store_error(exc, self.location, self._options, "write marker to") from exc
+
+    def delete_all(self, page_size: int = 1000) -> int:
+        """Delete every object under the prefix: the Delta log first, the marker last.
+
+        Deleting `_delta_log/` first means a half-deleted staging is never mistaken
+        for a table still to merge; the marker, deleted last, tells a rerun that
+        the merge finished and only the clean-up is left. Returns objects deleted.
+        """
+        import obstore
+
+        store = self._open()
+        deleted = 0
+        try:
+            for prefix in (DELTA_LOG + "/", None):
+                for page in _pages(obstore.list(store, prefix=prefix, chunk_size=page_size)):
+                    paths = [p for p in page if p != COMPLETION_MARKER]
+                    if paths:
+                        obstore.delete(store, paths)
+                        deleted += len(paths)
+            try:
+                obstore.delete(store, COMPLETION_MARKER)
+                deleted += 1
+            except FileNotFoundError:
+                pass
+        except Exception as exc:
+            raise _store_error(exc, self.location, self._options, "delete") from exc
+        if self.location.is_local:
+            _remove_empty_dirs(Path(self.location.path))
+        return deleted
+
+
+def _pages(listing: Iterable[Sequence[Any]]) -> Iterator[list[str]]:
+    for chunk in listing:
+        yield [str(meta["path"]) for meta in chunk]
+
+
+def _remove_empty_dirs(root: Path) -> None:
+    if not root.is_dir():
+        return
+    for dirpath, _dirs, _files in sorted(os.walk(root), key=lambda e: -len(e[0])):
+        with contextlib.suppress(OSError):  # not empty: somebody wrote here; leave it be
+            Path(dirpath).rmdir()
+
+
+def _store_error(
+    exc: Exception, location: Location, options: Mapping[str, str], action: str
+) -> Exception:
+    text = scrub(first_line(str(exc)), options)
+    name = type(exc).__name__
+    if name in ("PermissionDeniedError", "UnauthenticatedError") or _looks_like_auth(text):
+        return InvalidInputError(
+            f"cannot {action} {location}: the store refused the credentials ({text})"
+        )
+    if name == "UnknownConfigurationKeyError":
+        return InvalidInputError(f"cannot {action} {location}: {text}")
+    return StorageError(f"cannot {action} {location}: {text}")
+
+
+def _looks_like_auth(text: str) -> bool:
+    needles = (
+        "403",
+        "Forbidden",
+        "AccessDenied",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "AuthenticationFailed",
+        "Unauthenticated",
+        "401 Unauthorized",
+        "ExpiredToken",
+    )
+    return any(n.lower() in text.lower() for n in needles)
+
+
+# obstore's retry policy for the clean-up: a few attempts with backoff on 5xx/timeouts.
+_RETRY: dict[str, Any] = {"max_retries": 5, "retry_timeout": timedelta(seconds=60)}
+
+# Options delta-rs accepts that object_store calls "client options" in obstore.
+_CLIENT_OPTION_NAMES = {
+    "allow_http",
+    "allow_invalid_certificates",
+    "connect_timeout",
+    "timeout",
+    "pool_idle_timeout",
+    "pool_max_idle_per_host",
+    "proxy_url",
+    "user_agent",
+    "http1_only",
+    "http2_only",
+    "default_content_type",
+}
+_CLIENT_PREFIXES = ("aws_", "azure_", "google_", "gcs_")
+
+
+def split_store_options(options: Mapping[str, str]) -> tuple[dict[str, str], dict[str, Any]]:
+    """deltalake-style options into obstore's (store config, client options)."""
+    config: dict[str, str] = {}
+    client: dict[str, Any] = {}
+    for key, value in options.items():
+        name = key.lower()
+        bare = next((name[len(p) :] for p in _CLIENT_PREFIXES if name.startswith(p)), name)
+        if bare in _CLIENT_OPTION_NAMES:
+            client[bare] = value
+        elif name in _DELTA_ONLY_OPTIONS:
+            continue
+        else:
+            config[name] = value
+    return config, client
+
+
+# Options only delta-rs understands (locking, conditional puts); obstore would reject them.
+_DELTA_ONLY_OPTIONS = {
+    "aws_s3_locking_provider",
+    "aws_s3_allow_unsafe_rename",
+    "dynamo_lock_table_name",
+    "delta_dynamo_table_name",
+    "aws_s3_pool_idle_timeout_seconds",
+    "aws_sts_pool_idle_timeout_seconds",
+    "aws_s3_get_internal_server_error_retries",
+    "conditional_put",
+    "aws_conditional_put",
+    "aws_copy_if_not_exists",
+}

@@ -1,0 +1,77 @@
+"""Helpers shared by every test layer: real Delta tables in tmp_path, the real CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from deltalake import DeltaTable, write_deltalake
+from stagingmerge_merger.sample import ct_table
+
+CLI = str(Path(sys.executable).with_name("stagingmerge-merge"))
+KEYS = ["source_url", "cert_index"]
+
+
+def ct(logs: Sequence[int], indexes: Sequence[int], seed: int = 0, **kwargs: Any) -> pa.Table:
+    """CT rows for (log, index) pairs."""
+    return ct_table(list(logs), list(indexes), seed=seed, **kwargs)
+
+
+def write(path: Path | str, table: pa.Table, **kwargs: Any) -> Path:
+    write_deltalake(str(path), table, mode=kwargs.pop("mode", "append"), **kwargs)
+    return Path(path)
+
+
+def rows(path: Path | str, version: int | None = None) -> pa.Table:
+    """Every row of a table, sorted by key, for exact comparisons."""
+    table = DeltaTable(str(path), version=version).to_pyarrow_table()
+    if "seen_date" in table.column_names:
+        table = table.select(sorted(table.column_names))
+    keys = [k for k in KEYS if k in table.column_names] or table.column_names[:1]
+    return table.sort_by([(k, "ascending") for k in keys])
+
+
+def key_list(path: Path | str) -> list[tuple[Any, ...]]:
+    table = DeltaTable(str(path)).to_pyarrow_table(columns=KEYS)
+    return sorted(zip(*(table[k].to_pylist() for k in KEYS), strict=True))
+
+
+def version(path: Path | str) -> int:
+    return int(DeltaTable(str(path)).version())
+
+
+@dataclass
+class CliResult:
+    code: int
+    stdout: str
+    stderr: str
+    metrics: dict[str, Any]
+
+    @property
+    def error_lines(self) -> list[str]:
+        return [
+            json.loads(line)["event"]
+            for line in self.stderr.splitlines()
+            if line.startswith("{") and json.loads(line).get("level") == "error"
+        ]
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> CliResult:
+    """Run the real `stagingmerge-merge` as a process with JSON logs."""
+    proc = subprocess.run(
+        [CLI, "--log-format", "json", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+    metrics = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.stdout.strip() else {}
+    return CliResult(proc.returncode, proc.stdout, proc.stderr, metrics)

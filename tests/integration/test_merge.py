@@ -1,0 +1,389 @@
+"""The merge engine on real Delta tables in tmp_path (in-process; the CLI has its own tests)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from deltalake import DeltaTable, write_deltalake
+from stagingmerge_merger import delta
+from stagingmerge_merger.engine import MergeRequest, run_merge
+from stagingmerge_merger.errors import (
+    InvalidInputError,
+    MergeInterruptedError,
+    StagingChangedError,
+)
+from stagingmerge_merger.metrics import MergeMetrics
+from stagingmerge_merger.storage import parse_location
+
+from tests.helpers import ct, key_list, rows, version, write
+
+
+def merge(main: Path, staging: Path, **kwargs) -> MergeMetrics:
+    return merge_with(main, staging, MergeMetrics(), **kwargs)
+
+
+def merge_with(main: Path, staging: Path, metrics: MergeMetrics, **kwargs) -> MergeMetrics:
+    stop = kwargs.pop("should_stop", lambda: False)
+    progress = kwargs.pop("progress", None)
+    request = MergeRequest(
+        main=parse_location(str(main)), staging=parse_location(str(staging)), **kwargs
+    )
+    return run_merge(request, metrics, should_stop=stop, progress=progress)
+
+
+def expected_union(main_table: pa.Table, staging_table: pa.Table) -> pa.Table:
+    """What main must hold: its rows, plus the first staging copy of every key it lacks."""
+    have = set(
+        zip(main_table["source_url"].to_pylist(), main_table["cert_index"].to_pylist(), strict=True)
+    )
+    keep = []
+    for i, key in enumerate(
+        zip(
+            staging_table["source_url"].to_pylist(),
+            staging_table["cert_index"].to_pylist(),
+            strict=True,
+        )
+    ):
+        if key not in have:
+            have.add(key)
+            keep.append(i)
+    return pa.concat_tables([main_table, staging_table.take(keep)])
+
+
+def sort(table: pa.Table) -> pa.Table:
+    return table.select(sorted(table.column_names)).sort_by(
+        [("source_url", "ascending"), ("cert_index", "ascending")]
+    )
+
+
+class TestInsertAndSkip:
+    def test_inserts_missing_rows_and_keeps_existing_ones(self, tables):
+        main, staging = tables
+        main_rows = ct([0] * 10, range(10), seed=1)
+        staging_rows = ct([0] * 10 + [1] * 3, [*range(5, 15), 0, 1, 2], seed=2)
+        write(main, main_rows, partition_by=["seen_date"])
+        write(staging, staging_rows)
+
+        m = merge(main, staging)
+
+        assert (
+            m.outcome,
+            m.staging_rows,
+            m.inserted,
+            m.skipped_existing,
+            m.skipped_duplicates,
+        ) == ("merged", 13, 8, 5, 0)
+        assert rows(main).equals(sort(expected_union(main_rows, staging_rows)))
+        assert (m.main_version_before, m.main_version_after) == (0, 1)
+        assert m.staging_deleted and not staging.exists()
+
+    def test_any_schema_with_a_single_integer_key(self, tables):
+        main, staging = tables
+        write(main, pa.table({"id": [1, 2, 3], "v": ["a", "b", "c"]}))
+        write(staging, pa.table({"id": [3, 4, 4, 5], "v": ["x", "d", "dd", "e"]}))
+        m = merge(main, staging, keys=("id",))
+        got = DeltaTable(str(main)).to_pyarrow_table().sort_by("id").to_pylist()
+        assert got == [
+            {"id": 1, "v": "a"},
+            {"id": 2, "v": "b"},
+            {"id": 3, "v": "c"},
+            {"id": 4, "v": "d"},
+            {"id": 5, "v": "e"},
+        ]
+        assert (m.inserted, m.skipped_existing, m.skipped_duplicates) == (2, 1, 1)
+
+    def test_date_and_string_keys_with_quotes(self, tables):
+        main, staging = tables
+        day = dt.date(2025, 1, 1)
+        write(main, pa.table({"d": [day], "s": ["it's"], "v": [1]}))
+        write(staging, pa.table({"d": [day, day], "s": ["it's", "o'k"], "v": [2, 3]}))
+        m = merge(main, staging, keys=("d", "s"))
+        assert m.inserted == 1
+        assert sorted(DeltaTable(str(main)).to_pyarrow_table()["v"].to_pylist()) == [1, 3]
+
+
+class TestDuplicatesInsideStaging:
+    def test_first_copy_in_read_order_wins(self, tables):
+        main, staging = tables
+        write(main, ct([0], [0], seed=1))
+        first = ct([0, 0, 0], [1, 2, 1], seed=2)  # key (0, 1) twice in one file
+        later = ct([0, 0], [1, 3], seed=3)  # and once more in a later commit
+        write(staging, first)
+        write(staging, later)
+
+        m = merge(main, staging)
+
+        assert (m.inserted, m.skipped_duplicates, m.skipped_existing) == (3, 2, 0)
+        got = rows(main).to_pylist()
+        by_key = {(r["source_url"], r["cert_index"]): r["sha256"] for r in got}
+        assert len(got) == 4
+        assert by_key[(first["source_url"][0].as_py(), 1)] == first["sha256"][0].as_py()
+
+    def test_copies_in_different_batches_are_duplicates_not_existing(self, tables):
+        main, staging = tables
+        write(main, ct([0] * 3, [0, 1, 2], seed=1))
+        write(staging, ct([0, 0], [1, 5], seed=2))
+        write(staging, ct([0, 0], [5, 6], seed=3))
+        write(staging, ct([0, 0], [5, 2], seed=4))
+
+        m = merge(main, staging, batch_rows=2)
+
+        assert m.batches == 3
+        assert (m.inserted, m.skipped_existing, m.skipped_duplicates) == (2, 2, 2)
+        assert key_list(main) == [
+            (ct([0], [0])["source_url"][0].as_py(), i) for i in (0, 1, 2, 5, 6)
+        ]
+
+    def test_the_winner_does_not_depend_on_the_batch_size(self, tmp_path):
+        results = []
+        for batch_rows in (1, 3, 1000):
+            main, staging = tmp_path / f"m{batch_rows}", tmp_path / f"s{batch_rows}"
+            write(main, ct([0, 1], [0, 0], seed=1))
+            for seed in range(4):
+                write(staging, ct([0, 1, seed % 2], [seed, seed, 0], seed=10 + seed))
+            merge(main, staging, batch_rows=batch_rows)
+            results.append(rows(main))
+        assert results[0].equals(results[1]) and results[1].equals(results[2])
+
+
+class TestBadInput:
+    def test_null_keys_are_refused_before_anything_is_written(self, tables):
+        main, staging = tables
+        write(main, pa.table({"id": [1], "v": ["a"]}))
+        write(staging, pa.table({"id": [2, 3], "v": ["b", "c"]}))
+        write(staging, pa.table({"id": pa.array([None], pa.int64()), "v": ["n"]}))
+        with pytest.raises(
+            InvalidInputError, match=r"NULL in key or NOT NULL columns: id \(1 rows\)"
+        ):
+            merge(main, staging, keys=("id",), batch_rows=1)
+        assert version(main) == 0 and staging.exists()
+
+    def test_nulls_in_a_column_main_declares_not_null(self, tables):
+        main, staging = tables
+        DeltaTable.create(
+            str(main),
+            pa.schema([pa.field("id", pa.int64(), False), pa.field("v", pa.string(), False)]),
+        )
+        write(staging, pa.table({"id": [1, 2], "v": ["x", None]}))
+        with pytest.raises(InvalidInputError, match=r"v \(1 rows\)"):
+            merge(main, staging, keys=("id",))
+        assert version(main) == 0
+
+    def test_schema_mismatch_changes_nothing(self, tables):
+        main, staging = tables
+        write(main, pa.table({"id": [1], "v": ["a"]}))
+        write(staging, pa.table({"id": [2], "v": ["b"], "extra": [1.5]}))
+        with pytest.raises(InvalidInputError, match="staging has columns main lacks: extra"):
+            merge(main, staging, keys=("id",))
+        assert version(main) == 0 and staging.exists()
+
+    def test_missing_key_column(self, tables):
+        main, staging = tables
+        write(main, pa.table({"id": [1]}))
+        write(staging, pa.table({"id": [2]}))
+        with pytest.raises(InvalidInputError, match="staging has no key column source_url"):
+            merge(main, staging)
+
+    @pytest.mark.parametrize("nested", [False, True])
+    def test_staging_and_main_must_not_overlap(self, tmp_path, nested):
+        main = tmp_path / "lake"
+        write(main, pa.table({"id": [1]}))
+        staging = main / "staging" if nested else main
+        with pytest.raises(InvalidInputError, match="same location or one is inside the other"):
+            merge(main, staging, keys=("id",))
+        assert version(main) == 0
+
+
+class TestBatchesAndReruns:
+    def test_one_commit_per_batch_and_an_idempotent_rerun(self, tables):
+        main, staging = tables
+        write(main, ct([0] * 4, range(4), seed=1))
+        for part in range(5):
+            write(staging, ct([0] * 4, range(part * 3, part * 3 + 4), seed=20 + part))
+
+        m1 = merge(main, staging, batch_rows=4, keep_staging=True)
+        after_first = rows(main)
+        v1 = version(main)
+        m2 = merge(main, staging, batch_rows=4, keep_staging=True)
+
+        # one commit per batch that inserted something; batch 1 held only existing keys
+        assert m1.batches == 5 and v1 == 4
+        assert (m1.inserted, m1.skipped_existing, m1.skipped_duplicates) == (12, 5, 3)
+        assert m2.inserted == 0 and version(main) == v1
+        # on a rerun every key is in main already, including those staging repeats
+        assert (m2.skipped_existing, m2.skipped_duplicates) == (20, 0)
+        assert rows(main).equals(after_first)
+        assert len(key_list(main)) == len(set(key_list(main))) == 16
+
+    def test_an_interrupted_run_resumes_without_duplicates(self, tmp_path):
+        def build(name: str) -> tuple[Path, Path]:
+            main, staging = tmp_path / f"{name}-main", tmp_path / f"{name}-staging"
+            write(main, ct([0, 1] * 5, [i for i in range(5) for _ in range(2)], seed=1))
+            for part in range(6):
+                write(staging, ct([0, 1, 0], [part * 2, part * 2, part * 2 + 1], seed=30 + part))
+            return main, staging
+
+        reference_main, reference_staging = build("reference")
+        merge(reference_main, reference_staging, batch_rows=3)
+
+        main, staging = build("crash")
+        stops = iter([False, False, True])
+        metrics = MergeMetrics()
+        with pytest.raises(MergeInterruptedError, match="after 2 of 6 batches"):
+            merge_with(main, staging, metrics, batch_rows=3, should_stop=lambda: next(stops))
+        assert metrics.outcome == "interrupted" and metrics.batches == 2 and staging.exists()
+        merge(main, staging, batch_rows=3)
+
+        assert rows(main).equals(rows(reference_main))
+        assert not staging.exists()
+
+
+class TestMainReads:
+    def test_main_is_only_scanned_for_its_key_columns(self, tables, monkeypatch):
+        main, staging = tables
+        write(main, ct([0, 1, 2] * 20, [i // 3 for i in range(60)], seed=1))
+        write(staging, ct([0, 1, 2] * 20, [10 + i // 3 for i in range(60)], seed=2))
+        calls = []
+        original = delta.Table.scan
+
+        def spy(self, columns, predicate):
+            if self.location.path == str(main):
+                calls.append((tuple(columns or ()), predicate))
+            return original(self, columns, predicate)
+
+        monkeypatch.setattr(delta.Table, "scan", spy)
+        merge(main, staging, batch_rows=20)
+        assert calls and all(cols == ("source_url", "cert_index") for cols, _ in calls)
+        # each scan is bounded to the batch's key ranges, one term per log
+        assert all(pred.count("BETWEEN") == 3 for _, pred in calls)
+
+
+class TestConcurrentWriters:
+    def _inject(self, monkeypatch, main: Path, table: pa.Table):
+        """Commit `table` to main from another handle right before the merge commits."""
+        original = delta.Table.append
+        done = []
+
+        def append(self, batches, schema, metadata):
+            if not done:
+                done.append(True)
+                write_deltalake(str(main), table, mode="append")
+            return original(self, batches, schema, metadata)
+
+        monkeypatch.setattr(delta.Table, "append", append)
+
+    def test_unrelated_concurrent_rows_are_kept(self, tables, monkeypatch):
+        main, staging = tables
+        write(main, ct([0] * 3, range(3), seed=1))
+        write(staging, ct([0] * 3, range(3, 6), seed=2))
+        self._inject(monkeypatch, main, ct([1] * 2, range(2), seed=3))
+        m = merge(main, staging)
+        assert (m.concurrent_commits, m.duplicates_repaired) == (1, 0)
+        assert len(key_list(main)) == 8 == len(set(key_list(main)))
+
+    def test_a_key_inserted_concurrently_is_kept_once_with_the_first_copy(
+        self, tables, monkeypatch
+    ):
+        main, staging = tables
+        write(main, ct([0] * 3, range(3), seed=1), partition_by=["seen_date"])
+        write(staging, ct([0] * 4, range(3, 7), seed=2))
+        live = ct([0, 1], [5, 0], seed=3)  # the live writer got to key (0, 5) first
+        self._inject(monkeypatch, main, live)
+
+        m = merge(main, staging)
+
+        keys = key_list(main)
+        assert len(keys) == len(set(keys)) == 8  # log 0: 0..6, log 1: 0
+        assert (m.concurrent_commits, m.duplicates_repaired) == (1, 1)
+        row = next(r for r in rows(main).to_pylist() if r["cert_index"] == 5)
+        assert row["sha256"] == live["sha256"][0].as_py()
+
+
+class TestLifecycle:
+    def test_missing_staging_is_nothing_to_merge(self, tables):
+        main, staging = tables
+        m = merge(main, staging)
+        assert m.outcome == "nothing_to_merge" and not main.exists()
+
+    def test_empty_staging_table_is_nothing_to_merge_and_is_cleaned_up(self, tables):
+        main, staging = tables
+        write(main, pa.table({"id": [1]}))
+        DeltaTable.create(str(staging), pa.schema([("id", pa.int64())]))
+        m = merge(main, staging, keys=("id",))
+        assert m.outcome == "nothing_to_merge" and not staging.exists() and version(main) == 0
+
+    def test_missing_main_is_created_partitioned_by_seen_date(self, tables):
+        main, staging = tables
+        staging_rows = ct([0, 0, 1], [1, 1, 2], seed=5)
+        write(staging, staging_rows)
+        m = merge(main, staging)
+        table = DeltaTable(str(main))
+        assert m.main_created and m.main_version_before is None
+        assert table.metadata().partition_columns == ["seen_date"]
+        assert (m.inserted, m.skipped_duplicates, m.skipped_existing) == (2, 1, 0)
+        assert pa.schema(table.schema().to_arrow()) == staging_rows.schema
+
+    def test_keep_staging_and_dry_run_leave_staging(self, tables):
+        main, staging = tables
+        write(main, ct([0], [0], seed=1))
+        write(staging, ct([0, 0, 0], [0, 1, 1], seed=2))
+        dry = merge(main, staging, dry_run=True)
+        assert (dry.outcome, dry.inserted, dry.skipped_existing, dry.skipped_duplicates) == (
+            "dry_run",
+            1,
+            1,
+            1,
+        )
+        assert version(main) == 0 and staging.exists()
+        kept = merge(main, staging, keep_staging=True)
+        assert kept.inserted == 1 and staging.exists() and not kept.staging_deleted
+
+    def test_dry_run_counts_duplicates_across_batches(self, tables):
+        main, staging = tables
+        write(staging, ct([0, 0], [1, 2], seed=1))
+        write(staging, ct([0, 0], [2, 3], seed=2))
+        m = merge(main, staging, dry_run=True, batch_rows=2)
+        assert (m.inserted, m.skipped_duplicates) == (3, 1) and not main.exists()
+
+    def test_staging_written_during_the_merge_is_kept(self, tables):
+        main, staging = tables
+        write(staging, ct([0, 0], [1, 2], seed=1))
+        write(staging, ct([0, 0], [3, 4], seed=2))
+
+        class WriteToStaging:
+            def start(self, batches, rows):
+                pass
+
+            def batch_done(self, result, metrics):
+                if result.index == 0:
+                    write(staging, ct([0], [9], seed=3))
+
+            def close(self):
+                pass
+
+        metrics = MergeMetrics()
+        with pytest.raises(StagingChangedError, match="version 1 -> 2"):
+            merge_with(main, staging, metrics, batch_rows=2, progress=WriteToStaging())
+        assert metrics.outcome == "staging_changed" and staging.exists()
+        m = merge(main, staging)
+        assert m.inserted == 1 and len(key_list(main)) == 5 and not staging.exists()
+
+    def test_a_half_deleted_staging_is_finished_by_a_rerun(self, tables):
+        main, staging = tables
+        write(staging, ct([0], [1], seed=1))
+        (staging / "_stagingmerge_merged.json").write_text('{"staging_version": 0}')
+        for log in (staging / "_delta_log").iterdir():
+            log.unlink()
+        (staging / "_delta_log").rmdir()
+        m = merge(main, staging)
+        assert m.outcome == "nothing_to_merge" and m.staging_deleted and not staging.exists()
+
+    def test_a_directory_that_is_not_a_table(self, tables):
+        main, staging = tables
+        staging.mkdir()
+        (staging / "data.parquet").write_bytes(b"x")
+        with pytest.raises(InvalidInputError, match="not a Delta table"):
+            merge(main, staging)

@@ -1,0 +1,75 @@
+import pyarrow as pa
+from stagingmerge_merger import keysets
+from stagingmerge_merger.plan import KeyRange
+
+NAMES = ["u", "i"]
+
+
+def keys(pairs):
+    return pa.table({"u": [p[0] for p in pairs], "i": pa.array([p[1] for p in pairs], pa.int64())})
+
+
+def as_set(table):
+    return set(keysets.key_tuples(table, NAMES))
+
+
+def test_first_occurrence_wins():
+    table = keysets.with_positions(keys([("a", 1), ("b", 1), ("a", 1), ("a", 2), ("b", 1)]), 10)
+    first = keysets.first_occurrences(table, NAMES)
+    got = {
+        (u, i): p
+        for u, i, p in zip(
+            first["u"].to_pylist(),
+            first["i"].to_pylist(),
+            first[keysets.POSITION].to_pylist(),
+            strict=True,
+        )
+    }
+    assert got == {("a", 1): 10, ("b", 1): 11, ("a", 2): 13}
+    assert first.column_names == [*NAMES, keysets.POSITION]
+
+
+def test_anti_and_semi_join_partition_the_left_side():
+    left = keys([("a", 1), ("a", 2), ("b", 3)])
+    right = keys([("a", 2), ("c", 9), ("a", 2)])
+    assert as_set(keysets.anti_join(left, right, NAMES)) == {("a", 1), ("b", 3)}
+    assert as_set(keysets.semi_join(left, right, NAMES)) == {("a", 2)}
+    assert keysets.semi_join(left, right, NAMES).num_rows == 1  # right's repeat is not doubled
+
+
+def test_joins_with_an_empty_side():
+    left = keys([("a", 1)])
+    empty = keys([])
+    assert as_set(keysets.anti_join(left, empty, NAMES)) == {("a", 1)}
+    assert keysets.semi_join(left, empty, NAMES).num_rows == 0
+    assert keysets.anti_join(empty, left, NAMES).num_rows == 0
+
+
+def test_repeated_keys():
+    assert as_set(keysets.repeated_keys(keys([("a", 1), ("a", 1), ("b", 1)]), NAMES)) == {("a", 1)}
+
+
+def test_key_ranges_per_prefix():
+    ranges = keysets.key_ranges(keys([("a", 5), ("b", 2), ("a", 1), ("a", 3)]), NAMES)
+    assert sorted(ranges, key=lambda r: r.prefix) == [
+        KeyRange(("a",), 1, 5),
+        KeyRange(("b",), 2, 2),
+    ]
+    single = keysets.key_ranges(pa.table({"i": [4, 2, 9]}), ["i"])
+    assert single == [KeyRange((), 2, 9)]
+    assert keysets.key_ranges(keys([]), NAMES) == []
+
+
+def test_ranges_overlap_only_within_a_prefix():
+    a = [KeyRange(("a",), 1, 5)]
+    assert keysets.ranges_overlap(a, [KeyRange(("a",), 5, 9)])
+    assert not keysets.ranges_overlap(a, [KeyRange(("a",), 6, 9)])
+    assert not keysets.ranges_overlap(a, [KeyRange(("b",), 1, 5)])
+
+
+def test_conform_casts_view_types():
+    table = pa.table(
+        {"u": pa.array(["x"], pa.string_view()), "i": pa.array([1], pa.int64()), "extra": [0]}
+    )
+    schema = pa.schema([("i", pa.int64()), ("u", pa.string())])
+    assert keysets.conform(table, schema).schema == schema

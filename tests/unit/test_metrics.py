@@ -1,0 +1,35 @@
+import json
+
+from stagingmerge_merger import metrics
+from stagingmerge_merger.metrics import MergeMetrics
+
+
+def test_json_has_the_documented_keys():
+    data = json.loads(MergeMetrics(inserted=3).to_json())
+    for key in (
+        "staging_rows",
+        "inserted",
+        "skipped_existing",
+        "skipped_duplicates",
+        "batches",
+        "main_version_before",
+        "main_version_after",
+        "staging_deleted",
+        "duration_seconds",
+        "outcome",
+    ):
+        assert key in data
+    assert data["inserted"] == 3
+
+
+def test_json_stays_under_the_termination_message_limit():
+    text = MergeMetrics(error="x" * 10_000).to_json()
+    assert len(text.encode()) <= metrics.MAX_BYTES
+    assert json.loads(text)["error"].endswith("...")
+
+
+def test_default_path_is_the_termination_log_only_when_it_exists(tmp_path, monkeypatch):
+    monkeypatch.setattr(metrics, "TERMINATION_LOG", tmp_path / "termination-log")
+    assert metrics.default_metrics_path() is None
+    (tmp_path / "termination-log").touch()
+    assert metrics.default_metrics_path() == tmp_path / "termination-log"

@@ -1,0 +1,200 @@
+import datetime as dt
+import json
+
+import pytest
+from stagingmerge_merger import plan
+from stagingmerge_merger.errors import InvalidInputError
+from stagingmerge_merger.plan import KeyRange
+
+
+def schema(*fields: tuple[str, object, bool]) -> str:
+    return json.dumps(
+        {
+            "type": "struct",
+            "fields": [
+                {"name": n, "type": t, "nullable": nullable, "metadata": {}}
+                for n, t, nullable in fields
+            ],
+        }
+    )
+
+
+MAIN = schema(
+    ("source_url", "string", False),
+    ("cert_index", "long", False),
+    ("all_domains", {"type": "array", "elementType": "string", "containsNull": False}, False),
+    ("note", "string", True),
+)
+
+
+class TestKeys:
+    def test_parses_a_comma_list(self):
+        assert plan.parse_keys(" source_url , cert_index ") == ("source_url", "cert_index")
+
+    @pytest.mark.parametrize("text", ["", " ", "a,,b", ","])
+    def test_refuses_empty_names(self, text):
+        with pytest.raises(InvalidInputError, match="one or more column names"):
+            plan.parse_keys(text)
+
+    def test_refuses_a_repeated_name(self):
+        with pytest.raises(InvalidInputError, match="names a more than once"):
+            plan.parse_keys("a,b,a")
+
+    @pytest.mark.parametrize("value", [0, -1])
+    def test_batch_rows_must_be_positive(self, value):
+        with pytest.raises(InvalidInputError, match="positive"):
+            plan.parse_batch_rows(value)
+
+
+class TestSchemas:
+    def test_identical_schemas_pass_and_list_not_null_columns(self):
+        cols = plan.columns_of(MAIN)
+        required = plan.check_compatible(cols, cols, ["source_url", "cert_index"])
+        assert required == ["source_url", "cert_index", "all_domains"]
+
+    def test_column_order_and_metadata_do_not_matter(self):
+        staging = json.loads(MAIN)
+        staging["fields"].reverse()
+        staging["fields"][0]["metadata"] = {"comment": "x"}
+        plan.check_compatible(plan.columns_of(MAIN), plan.columns_of(staging), ["cert_index"])
+
+    def test_nullable_staging_into_not_null_main_is_allowed(self):
+        staging = schema(
+            ("source_url", "string", True),
+            ("cert_index", "long", True),
+            (
+                "all_domains",
+                {"type": "array", "elementType": "string", "containsNull": False},
+                True,
+            ),
+            ("note", "string", True),
+        )
+        plan.check_compatible(plan.columns_of(MAIN), plan.columns_of(staging), ["cert_index"])
+
+    @pytest.mark.parametrize(
+        ("staging", "message"),
+        [
+            (
+                schema(("source_url", "string", False), ("cert_index", "long", False)),
+                "main has columns staging lacks: all_domains, note",
+            ),
+            (
+                schema(
+                    ("source_url", "string", False),
+                    ("cert_index", "long", False),
+                    (
+                        "all_domains",
+                        {"type": "array", "elementType": "string", "containsNull": False},
+                        False,
+                    ),
+                    ("note", "string", True),
+                    ("extra", "integer", True),
+                ),
+                "staging has columns main lacks: extra",
+            ),
+            (
+                schema(
+                    ("source_url", "string", False),
+                    ("cert_index", "string", False),
+                    (
+                        "all_domains",
+                        {"type": "array", "elementType": "string", "containsNull": False},
+                        False,
+                    ),
+                    ("note", "string", True),
+                ),
+                r"column types differ: cert_index \(main long, staging string\)",
+            ),
+        ],
+    )
+    def test_mismatches_are_named(self, staging, message):
+        with pytest.raises(InvalidInputError, match=message):
+            plan.check_compatible(plan.columns_of(MAIN), plan.columns_of(staging), ["cert_index"])
+
+    def test_missing_key_column(self):
+        with pytest.raises(InvalidInputError, match="staging has no key column nope"):
+            plan.check_keys(plan.columns_of(MAIN), ["cert_index", "nope"], "staging")
+
+    def test_key_column_of_unsupported_type(self):
+        with pytest.raises(InvalidInputError, match="all_domains in main has type array"):
+            plan.check_keys(plan.columns_of(MAIN), ["all_domains"], "main")
+
+    def test_partitioning_of_a_new_main(self):
+        with_date = plan.columns_of(schema(("seen_date", "string", False), ("k", "long", False)))
+        assert plan.partition_for_new_main(with_date, ()) == ["seen_date"]
+        assert plan.partition_for_new_main(plan.columns_of(MAIN), ()) == []
+        assert plan.partition_for_new_main(with_date, ("k",)) == ["k"]
+        with pytest.raises(InvalidInputError, match="--partition-by names x"):
+            plan.partition_for_new_main(with_date, ("x",))
+
+
+class TestBatches:
+    def test_groups_units_up_to_the_batch_size(self):
+        assert plan.plan_batches([3, 3, 3, 3], 6) == [range(0, 2), range(2, 4)]
+
+    def test_a_large_unit_is_a_batch_of_its_own(self):
+        assert plan.plan_batches([2, 10, 2], 5) == [range(0, 1), range(1, 2), range(2, 3)]
+
+    def test_empty_units_are_skipped(self):
+        assert plan.plan_batches([0, 0, 4, 0], 10) == [range(2, 4)]
+        assert plan.plan_batches([0, 0], 10) == []
+
+    def test_order_is_kept_and_every_unit_covered(self):
+        sizes = [5, 1, 7, 2, 2, 9, 1]
+        batches = plan.plan_batches(sizes, 8)
+        assert [i for b in batches for i in b] == list(range(len(sizes)))
+
+
+class TestPredicates:
+    TYPES = {"source_url": "string", "cert_index": "long", "day": "date"}
+
+    def test_literals_are_exact_and_escaped(self):
+        assert plan.sql_literal("it's", "string") == "'it''s'"
+        assert plan.sql_literal(-5, "long") == "-5"
+        assert plan.sql_literal(dt.date(2025, 1, 2), "date") == "DATE '2025-01-02'"
+        with pytest.raises(TypeError):
+            plan.sql_literal("5", "long")
+        with pytest.raises(TypeError):
+            plan.sql_literal(True, "integer")
+
+    def test_identifiers_are_quoted(self):
+        assert plan.quote_ident('we"ird') == '"we""ird"'
+
+    def test_range_predicate_has_a_term_per_prefix(self):
+        pred = plan.range_predicate(
+            ["source_url", "cert_index"],
+            self.TYPES,
+            [KeyRange(("a",), 1, 5), KeyRange(("b",), 7, 7)],
+        )
+        assert pred == (
+            '("source_url" = \'a\' AND "cert_index" BETWEEN 1 AND 5) OR '
+            '("source_url" = \'b\' AND "cert_index" = 7)'
+        )
+
+    def test_single_key_range(self):
+        assert (
+            plan.range_predicate(["cert_index"], self.TYPES, [KeyRange((), 3, 9)])
+            == '"cert_index" BETWEEN 3 AND 9'
+        )
+
+    def test_many_prefixes_collapse_to_column_bounds(self):
+        ranges = [KeyRange((f"u{i:03}",), i, i + 1) for i in range(plan.MAX_PREDICATE_GROUPS + 1)]
+        pred = plan.range_predicate(["source_url", "cert_index"], self.TYPES, ranges)
+        assert pred == (
+            "\"source_url\" BETWEEN 'u000' AND 'u064' AND \"cert_index\" BETWEEN 0 AND 65"
+        )
+
+    def test_no_ranges_no_predicate(self):
+        assert plan.range_predicate(["cert_index"], self.TYPES, []) is None
+
+    def test_keys_in_predicate_groups_by_prefix(self):
+        pred = plan.keys_in_predicate(
+            ["source_url", "cert_index"], self.TYPES, [("a", 2), ("b", 1), ("a", 1)]
+        )
+        assert pred == (
+            '("source_url" = \'a\' AND "cert_index" IN (1, 2)) OR '
+            '("source_url" = \'b\' AND "cert_index" IN (1))'
+        )
+
+    def test_null_predicate(self):
+        assert plan.null_predicate(["a", "b"]) == '"a" IS NULL OR "b" IS NULL'

@@ -1,0 +1,134 @@
+from pathlib import Path
+
+import pytest
+from stagingmerge_merger import storage
+from stagingmerge_merger.errors import InvalidInputError
+from stagingmerge_merger.storage import parse_location as loc
+
+
+class TestParse:
+    def test_local_paths_become_absolute(self, tmp_path, monkeypatch):
+        monkeypatch.chdir(tmp_path)
+        assert loc("a/b").path == str(tmp_path / "a" / "b")
+        assert loc(f"file://{tmp_path}/x").path == str(tmp_path / "x")
+        assert loc("a/../b").path == str(tmp_path / "b")
+        assert loc("a").is_local
+
+    @pytest.mark.parametrize(
+        ("uri", "kind", "container", "path"),
+        [
+            ("s3://bucket/a/b/", "s3", "bucket", "a/b"),
+            ("s3a://bucket//a/./b", "s3", "bucket", "a/b"),
+            ("gs://bkt/t", "gs", "bkt", "t"),
+            ("az://cont/t", "az", "cont", "t"),
+            ("abfss://cont@acct.dfs.core.windows.net/t/x", "az", "acct/cont", "t/x"),
+            ("s3://bucket", "s3", "bucket", ""),
+        ],
+    )
+    def test_object_store_uris(self, uri, kind, container, path):
+        parsed = loc(uri)
+        assert (parsed.kind, parsed.container, parsed.path) == (kind, container, path)
+
+    @pytest.mark.parametrize(
+        ("uri", "message"),
+        [
+            ("ftp://host/x", "unsupported URI scheme 'ftp'"),
+            ("s3:///x", "names no bucket"),
+            ("s3://b/x?sig=secret", "query strings are not allowed"),
+            ("s3://key:secret@b/x", "credentials in URIs"),
+            ("s3://b/../x", "'..' is not allowed"),
+            ("file://host/x", "must not name a host"),
+            ("", "empty"),
+        ],
+    )
+    def test_bad_uris(self, uri, message):
+        with pytest.raises(InvalidInputError, match=message) as info:
+            loc(uri)
+        assert "secret" not in str(info.value)
+
+
+class TestNesting:
+    def test_prefix_boundaries_are_path_segments(self):
+        assert loc("s3://b/run-a").contains(loc("s3://b/run-a/x"))
+        assert not loc("s3://b/run-a").contains(loc("s3://b/run-a-sibling"))
+        assert loc("s3://b").contains(loc("s3://b/anything"))
+        assert not loc("s3://b/x").contains(loc("s3://c/x"))
+        assert not loc("s3://b/x").contains(loc("gs://b/x"))
+
+    def test_local(self, tmp_path):
+        assert loc(str(tmp_path)).contains(loc(str(tmp_path / "t")))
+        assert not loc(str(tmp_path / "t")).contains(loc(str(tmp_path / "t2")))
+        assert loc(str(tmp_path / "t")).overlaps(loc(str(tmp_path)))
+
+    def test_azure_account_is_compared_when_both_name_it(self):
+        assert loc("az://cont/t").contains(loc("abfss://cont@acct.dfs.core.windows.net/t/x"))
+        assert not loc("abfss://cont@a1.dfs.core.windows.net/t").contains(
+            loc("abfss://cont@a2.dfs.core.windows.net/t")
+        )
+
+
+class TestOptions:
+    def test_key_value_pairs(self):
+        assert storage.parse_storage_options(["A=1", "B=x=y", "A=2"]) == {"A": "2", "B": "x=y"}
+
+    def test_malformed_pair_is_refused_without_echoing_it(self):
+        with pytest.raises(InvalidInputError) as info:
+            storage.parse_storage_options(["AWS_SECRET_ACCESS_KEY"])
+        assert "AWS_SECRET_ACCESS_KEY" not in str(info.value)
+
+    def test_redaction(self):
+        assert storage.redact_options({"AWS_SECRET_ACCESS_KEY": "s", "AWS_REGION": "eu"}) == {
+            "AWS_SECRET_ACCESS_KEY": "***",
+            "AWS_REGION": "eu",
+        }
+
+    def test_scrub_removes_secret_values(self, monkeypatch):
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "envsecret123")
+        text = storage.scrub(
+            "bad key optsecret456 and envsecret123 in eu-west-1",
+            {"AWS_ACCESS_KEY_ID": "optsecret456", "AWS_REGION": "eu-west-1"},
+        )
+        assert text == "bad key *** and *** in eu-west-1"
+
+    def test_split_for_obstore(self):
+        config, client = storage.split_store_options(
+            {
+                "AWS_ENDPOINT_URL": "http://x",
+                "AWS_ALLOW_HTTP": "true",
+                "aws_s3_locking_provider": "dynamodb",
+                "timeout": "30s",
+            }
+        )
+        assert config == {"aws_endpoint_url": "http://x"}
+        assert client == {"allow_http": "true", "timeout": "30s"}
+
+
+class TestDeletable:
+    def test_bucket_root_is_refused(self):
+        with pytest.raises(InvalidInputError, match="bucket/container root"):
+            storage.check_deletable(loc("s3://b"), loc("s3://other/main"), [])
+
+    def test_file_system_root_is_refused(self):
+        with pytest.raises(InvalidInputError, match="file system root"):
+            storage.check_deletable(loc("/"), loc("s3://b/main"), [])
+
+    def test_prefix_holding_main_is_refused(self):
+        with pytest.raises(InvalidInputError, match="one is inside the other"):
+            storage.check_deletable(loc("s3://b/lake"), loc("s3://b/lake/main"), [])
+
+    def test_allow_list(self):
+        allowed = [loc("s3://b/staging"), loc("s3://c/x")]
+        storage.check_deletable(loc("s3://b/staging/run-1"), loc("s3://b/main"), allowed)
+        with pytest.raises(InvalidInputError, match="outside STAGINGMERGE_ALLOWED_PREFIXES"):
+            storage.check_deletable(loc("s3://b/staging-other"), loc("s3://b/main"), allowed)
+
+    def test_allow_list_from_environment(self):
+        env = {storage.ALLOWED_PREFIXES_ENV: "s3://b/staging, /tmp/x,"}
+        assert [str(p) for p in storage.allowed_prefixes(env)] == [
+            "s3://b/staging",
+            str(Path("/tmp/x")),
+        ]
+
+
+def test_first_line():
+    assert storage.first_line("one\n\nDebug source: {...}") == "one"
