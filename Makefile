@@ -4,7 +4,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO ?= demo
 
-.PHONY: demo test lint typecheck unit bench clean
+.PHONY: demo test lint typecheck unit bench clean tools
+TOOLS := .tools
+AZURITE := $(TOOLS)/azurite/node_modules/.bin/azurite-blob
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,9 +23,17 @@ demo: $(VENV)/.installed
 	@echo "metrics: $(DEMO)/metrics.json"
 
 ## make test: lint, type-check, then every test (S3 server, API emulator, helm are set up by it)
-test: $(VENV)/.installed lint typecheck
-	$(PY) tools/get_helm.py
+test: $(VENV)/.installed tools lint typecheck
 	$(PY) -m pytest
+
+## test tools that are not Python packages: Azurite (npm)
+tools: $(AZURITE)
+
+$(AZURITE):
+	@if command -v npm >/dev/null; then \
+		mkdir -p $(TOOLS)/azurite && \
+		npm install --prefix $(TOOLS)/azurite --no-audit --no-fund --silent azurite@3; \
+	else echo "npm not found: the Azure tests will be skipped"; fi
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

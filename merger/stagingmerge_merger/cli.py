@@ -20,6 +20,10 @@ from pathlib import Path
 from types import FrameType
 from typing import NoReturn
 
+from . import allocator
+
+allocator.tune()  # before pyarrow and deltalake (imported below) start their threads
+
 import structlog
 
 from . import __version__, plan
@@ -34,7 +38,7 @@ from .metrics import (
     default_metrics_path,
     write_metrics,
 )
-from .storage import allowed_prefixes, first_line, parse_location, parse_storage_options, scrub
+from .storage import allowed_prefixes, one_line, parse_location, parse_storage_options, scrub
 
 log = structlog.get_logger("stagingmerge.merge")
 
@@ -181,7 +185,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         code = EXIT_RETRY
         metrics.outcome = FAILED
-        metrics.error = scrub(f"unexpected {type(exc).__name__}: {first_line(str(exc))}", options)
+        metrics.error = scrub(f"unexpected {type(exc).__name__}: {one_line(str(exc))}", options)
         log.exception("unexpected error", error=metrics.error)
     _report(metrics, metrics_path)
     return code

@@ -17,7 +17,8 @@ from typing import Any
 from urllib.parse import unquote
 
 import pyarrow as pa
-from deltalake import CommitProperties, DeltaTable, write_deltalake
+import pyarrow.dataset as pads
+from deltalake import CommitProperties, DeltaTable, WriterProperties, write_deltalake
 from deltalake import __version__ as deltalake_version
 from deltalake.exceptions import (
     CommitFailedError,
@@ -29,10 +30,18 @@ from deltalake.exceptions import (
 
 from .errors import InvalidInputError, MergeError, StorageError
 from .plan import Column, columns_of
-from .storage import Location, first_line, scrub
+from .storage import Location, one_line, scrub
 
 _ACTION_COLUMNS = ("path", "modification_time", "num_records")
-FULL_ROW_BATCH = 4096  # rows per record batch when whole rows stream to the writer
+FULL_ROW_BATCH = 4096  # whole rows per record batch streamed to the writer (~9 MB of CT rows)
+# Whole rows are read page by page rather than a row group at a time, so a staging
+# file written with one huge row group does not have to fit in memory.
+_STREAMING_READ = pads.ParquetFragmentScanOptions(
+    pre_buffer=False, use_buffered_stream=True, buffer_size=1 << 20
+)
+# Row groups of 16 K rows (~35 MB of CT rows): parquet-rs buffers a whole row group
+# in Arrow form before encoding it, so this bounds the writer's memory too.
+WRITER_PROPERTIES = WriterProperties(max_row_group_size=16_384, compression="SNAPPY")
 
 __all__ = ["CommitConflictError", "ReadUnit", "Table", "TableNotFoundError"]
 
@@ -188,7 +197,11 @@ class Table:
                 continue
             with translate_errors(self.location, self._options, "read"):
                 for batch in unit.fragment.to_batches(
-                    schema=unit.schema, columns=target.names, batch_size=FULL_ROW_BATCH
+                    schema=unit.schema,
+                    columns=target.names,
+                    batch_size=FULL_ROW_BATCH,
+                    batch_readahead=2,
+                    fragment_scan_options=_STREAMING_READ,
                 ):
                     lo = bisect.bisect_left(positions, offset)
                     hi = bisect.bisect_left(positions, offset + batch.num_rows)
@@ -209,6 +222,7 @@ class Table:
                 self._dt,
                 reader,
                 mode="append",
+                writer_properties=WRITER_PROPERTIES,
                 commit_properties=CommitProperties(custom_metadata=dict(metadata)),
             )
         return self.version
@@ -285,4 +299,4 @@ def _unsupported(action: str, location: Location, text: str) -> InvalidInputErro
 
 
 def _one_line(exc: BaseException, options: Mapping[str, str]) -> str:
-    return scrub(" ".join(first_line(str(exc)).split()), options)[:500]
+    return scrub(one_line(str(exc)), options)

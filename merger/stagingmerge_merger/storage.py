@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -188,9 +189,16 @@ def scrub(message: str, options: Mapping[str, str]) -> str:
     return message
 
 
-def first_line(message: str) -> str:
-    """Object-store errors carry multi-line debug dumps; a one-line error wants the head."""
-    return message.strip().splitlines()[0] if message.strip() else message
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def one_line(message: str, limit: int = 600) -> str:
+    """Rust errors arrive as indented cause chains (and obstore's with a debug dump):
+    fold the chain into one line, `outer: cause: root cause`."""
+    text = _ANSI.sub("", message).split("Debug source:", 1)[0]
+    parts = [line.strip().lstrip("↳").strip() for line in text.splitlines()]
+    folded = ": ".join(p for p in parts if p)
+    return folded if len(folded) <= limit else folded[: limit - 3] + "..."
 
 
 # --- safety ---------------------------------------------------------------------
@@ -252,12 +260,12 @@ class Prefix:
                         Path(self.location.path).as_uri(), automatic_cleanup=True
                     )
                 else:
-                    config, client = split_store_options(self._options)
+                    config, client, retry = split_store_options(self._options)
                     self._store = from_url(
                         self.location.uri,
                         config=config or None,
                         client_options=client or None,
-                        retry_config=_RETRY,
+                        retry_config=retry,
                     )
             except Exception as exc:
                 raise _store_error(exc, self.location, self._options, "open") from exc
@@ -350,7 +358,7 @@ def _remove_empty_dirs(root: Path) -> None:
 def _store_error(
     exc: Exception, location: Location, options: Mapping[str, str], action: str
 ) -> Exception:
-    text = scrub(first_line(str(exc)), options)
+    text = scrub(one_line(str(exc)), options)
     name = type(exc).__name__
     if name in ("PermissionDeniedError", "UnauthenticatedError") or _looks_like_auth(text):
         return InvalidInputError(
@@ -396,20 +404,37 @@ _CLIENT_OPTION_NAMES = {
 _CLIENT_PREFIXES = ("aws_", "azure_", "google_", "gcs_")
 
 
-def split_store_options(options: Mapping[str, str]) -> tuple[dict[str, str], dict[str, Any]]:
-    """deltalake-style options into obstore's (store config, client options)."""
+def split_store_options(
+    options: Mapping[str, str],
+) -> tuple[dict[str, str], dict[str, Any], dict[str, Any]]:
+    """deltalake-style options into obstore's (store config, client options, retry config)."""
     config: dict[str, str] = {}
     client: dict[str, Any] = {}
+    retry: dict[str, Any] = dict(_RETRY)
     for key, value in options.items():
         name = key.lower()
         bare = next((name[len(p) :] for p in _CLIENT_PREFIXES if name.startswith(p)), name)
-        if bare in _CLIENT_OPTION_NAMES:
+        if name == "max_retries":
+            retry["max_retries"] = int(value)
+        elif name == "retry_timeout":
+            retry["retry_timeout"] = parse_duration(value)
+        elif bare in _CLIENT_OPTION_NAMES:
             client[bare] = value
-        elif name in _DELTA_ONLY_OPTIONS:
-            continue
-        else:
+        elif name not in _DELTA_ONLY_OPTIONS:
             config[name] = value
-    return config, client
+    return config, client, retry
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+
+
+def parse_duration(text: str) -> timedelta:
+    """`500ms`, `3s`, `2m`, `1h` or bare seconds, as object_store's options take them."""
+    match = _DURATION.match(text)
+    if not match:
+        raise InvalidInputError(f"cannot read {text!r} as a duration (use e.g. 500ms, 30s, 2m)")
+    value, unit = float(match.group(1)), match.group(2) or "s"
+    return timedelta(seconds=value * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit])
 
 
 # Options only delta-rs understands (locking, conditional puts); obstore would reject them.

@@ -1,3 +1,4 @@
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -91,16 +92,29 @@ class TestOptions:
         assert text == "bad key *** and *** in eu-west-1"
 
     def test_split_for_obstore(self):
-        config, client = storage.split_store_options(
+        config, client, retry = storage.split_store_options(
             {
                 "AWS_ENDPOINT_URL": "http://x",
                 "AWS_ALLOW_HTTP": "true",
                 "aws_s3_locking_provider": "dynamodb",
                 "timeout": "30s",
+                "max_retries": "2",
+                "retry_timeout": "1500ms",
             }
         )
         assert config == {"aws_endpoint_url": "http://x"}
         assert client == {"allow_http": "true", "timeout": "30s"}
+        assert retry == {"max_retries": 2, "retry_timeout": timedelta(seconds=1.5)}
+
+    @pytest.mark.parametrize(
+        ("text", "seconds"), [("3s", 3), ("2m", 120), ("250ms", 0.25), ("7", 7), ("1h", 3600)]
+    )
+    def test_durations(self, text, seconds):
+        assert storage.parse_duration(text).total_seconds() == seconds
+
+    def test_bad_duration(self):
+        with pytest.raises(InvalidInputError, match="as a duration"):
+            storage.parse_duration("soon")
 
 
 class TestDeletable:
@@ -130,5 +144,13 @@ class TestDeletable:
         ]
 
 
-def test_first_line():
-    assert storage.first_line("one\n\nDebug source: {...}") == "one"
+def test_one_line_folds_rust_cause_chains():
+    assert storage.one_line("one\n\nDebug source: {...}") == "one"
+    chain = (
+        "Kernel error -> Generic S3 error\n   \x1b[31m↳\x1b[0m Error performing GET\n"
+        "    \x1b[31m↳\x1b[0m Connection refused (os error 111)\n"
+    )
+    assert storage.one_line(chain) == (
+        "Kernel error -> Generic S3 error: Error performing GET: Connection refused (os error 111)"
+    )
+    assert len(storage.one_line("x" * 1000)) == 600
