@@ -1,0 +1,208 @@
+"""Status of a StagingMerge as pure functions: Job state in, status dict out.
+
+Conditions follow metav1.Condition: `type`/`reason` CamelCase, `message` for
+people, `lastTransitionTime` moves only when `status` flips, `observedGeneration`
+always set. Three types: `Succeeded` (what `kubectl wait` and Argo CD read),
+`Ready` and `Stalled` (what kstatus, hence Flux, reads).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+# phases (status.phase, the "Status" printer column)
+QUEUED = "Queued"
+SUSPENDED = "Suspended"
+PENDING = "Pending"
+RUNNING = "Running"
+SUCCEEDED = "Succeeded"
+FAILED = "Failed"
+
+# Succeeded-condition reasons
+R_QUEUED = "Queued"
+R_SUSPENDED = "Suspended"
+R_PENDING = "Pending"
+R_MERGING = "Merging"
+R_MERGED = "Merged"
+R_NOTHING = "NothingToMerge"
+R_INVALID_SPEC = "InvalidSpec"
+R_INVALID_INPUT = "InvalidInput"
+R_MERGE_FAILED = "MergeFailed"
+R_DEADLINE = "DeadlineExceeded"
+
+TERMINAL_PHASES = (SUCCEEDED, FAILED)
+
+
+@dataclass(frozen=True)
+class JobState:
+    """What a merge Job says about its run."""
+
+    name: str
+    finished: bool
+    succeeded: bool
+    active: bool
+    suspended: bool
+    attempts: int
+    failure_reason: str | None
+    failure_message: str | None
+    start_time: str | None
+    completion_time: str | None
+
+
+def job_state(job: Mapping[str, Any]) -> JobState:
+    """Read a batch/v1 Job (as a dict in API casing)."""
+    status = job.get("status") or {}
+    conditions = {
+        c.get("type"): c for c in status.get("conditions") or [] if c.get("status") == "True"
+    }
+    done_ok = "Complete" in conditions or "SuccessCriteriaMet" in conditions
+    failed = conditions.get("Failed") or conditions.get("FailureTarget")
+    active = int(status.get("active") or 0)
+    attempts = int(status.get("failed") or 0) + int(status.get("succeeded") or 0) + active
+    return JobState(
+        name=job["metadata"]["name"],
+        finished=done_ok or failed is not None,
+        succeeded=done_ok,
+        active=active > 0,
+        suspended=bool((job.get("spec") or {}).get("suspend")),
+        attempts=attempts,
+        failure_reason=(failed or {}).get("reason"),
+        failure_message=(failed or {}).get("message"),
+        start_time=status.get("startTime"),
+        completion_time=status.get("completionTime"),
+    )
+
+
+def parse_metrics(message: str | None) -> dict[str, Any] | None:
+    """The merge's metrics JSON from a termination message (None if absent or garbled)."""
+    if not message:
+        return None
+    for line in reversed(message.strip().splitlines()):
+        try:
+            value = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            return value
+    return None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Where a run stands, in the terms the status speaks."""
+
+    phase: str
+    reason: str
+    message: str
+
+
+def outcome_of(job: JobState, metrics: Mapping[str, Any] | None) -> Outcome:
+    if job.finished and job.succeeded:
+        m = metrics or {}
+        if m.get("outcome") == "nothing_to_merge":
+            return Outcome(SUCCEEDED, R_NOTHING, "nothing to merge: staging is missing or empty")
+        return Outcome(SUCCEEDED, R_MERGED, summary(m) if m else "merge finished")
+    if job.finished:
+        error = (metrics or {}).get("error")
+        if (metrics or {}).get("outcome") == "invalid_input":
+            return Outcome(FAILED, R_INVALID_INPUT, error or "the merge refused its input")
+        if job.failure_reason == "DeadlineExceeded":
+            return Outcome(
+                FAILED, R_DEADLINE, job.failure_message or "activeDeadlineSeconds passed"
+            )
+        detail = error or job.failure_message or job.failure_reason or "the merge Job failed"
+        return Outcome(FAILED, R_MERGE_FAILED, f"after {job.attempts} attempt(s): {detail}")
+    if job.active:
+        return Outcome(RUNNING, R_MERGING, f"Job {job.name} is merging (attempt {job.attempts})")
+    if job.suspended:
+        return Outcome(PENDING, R_PENDING, f"Job {job.name} waits for admission (suspended)")
+    return Outcome(PENDING, R_PENDING, f"Job {job.name} created; waiting for its pod")
+
+
+def summary(metrics: Mapping[str, Any]) -> str:
+    return (
+        f"inserted {metrics.get('inserted', 0)} rows, skipped {metrics.get('skipped_existing', 0)}"
+        f" already in main and {metrics.get('skipped_duplicates', 0)} duplicates in staging"
+        f" ({metrics.get('batches', 0)} batches, {metrics.get('duration_seconds', 0)} s)"
+    )
+
+
+def progress(outcome: Outcome, job: JobState | None, metrics: Mapping[str, Any] | None) -> str:
+    """The "Progress" printer column."""
+    if metrics and outcome.phase in TERMINAL_PHASES:
+        return f"{metrics.get('batches', 0)}/{metrics.get('batches_planned', 0)} batches"
+    if job is not None and job.active:
+        return f"attempt {job.attempts}"
+    return outcome.phase.lower()
+
+
+def set_condition(
+    conditions: Sequence[Mapping[str, Any]],
+    *,
+    type_: str,
+    status: str,
+    reason: str,
+    message: str,
+    generation: int,
+    now: str,
+) -> list[dict[str, Any]]:
+    """`conditions` with one type set; lastTransitionTime kept unless `status` flips."""
+    result: list[dict[str, Any]] = []
+    found = False
+    for condition in conditions:
+        if condition.get("type") != type_:
+            result.append(dict(condition))
+            continue
+        found = True
+        flipped = condition.get("status") != status
+        result.append(
+            {
+                "type": type_,
+                "status": status,
+                "observedGeneration": generation,
+                "lastTransitionTime": now if flipped else condition.get("lastTransitionTime", now),
+                "reason": reason,
+                "message": message,
+            }
+        )
+    if not found:
+        result.append(
+            {
+                "type": type_,
+                "status": status,
+                "observedGeneration": generation,
+                "lastTransitionTime": now,
+                "reason": reason,
+                "message": message,
+            }
+        )
+    return result
+
+
+def conditions_for(
+    previous: Sequence[Mapping[str, Any]], outcome: Outcome, generation: int, now: str
+) -> list[dict[str, Any]]:
+    """Succeeded / Ready / Stalled for an outcome."""
+    if outcome.phase == SUCCEEDED:
+        succeeded, ready, stalled = "True", "True", "False"
+    elif outcome.phase == FAILED:
+        succeeded, ready, stalled = "False", "False", "True"
+    else:
+        succeeded, ready, stalled = "Unknown", "False", "False"
+    conditions: list[dict[str, Any]] = [dict(x) for x in previous]
+    for type_, status in (("Succeeded", succeeded), ("Ready", ready), ("Stalled", stalled)):
+        reason = outcome.reason if status != "False" or type_ != "Stalled" else "NotStalled"
+        message = outcome.message if reason != "NotStalled" else "no intervention needed"
+        conditions = set_condition(
+            conditions,
+            type_=type_,
+            status=status,
+            reason=reason,
+            message=message,
+            generation=generation,
+            now=now,
+        )
+    return conditions

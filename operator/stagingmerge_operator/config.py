@@ -1,0 +1,91 @@
+"""Operator configuration: environment variables with the STAGINGMERGE_ prefix.
+
+Parsed once at start-up; a bad value stops the operator with a one-line error
+naming the variable, before it touches the cluster.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from stagingmerge_merger.errors import InvalidInputError
+from stagingmerge_merger.storage import parse_location
+
+PREFIX = "STAGINGMERGE_"
+
+
+class ConfigError(ValueError):
+    """A STAGINGMERGE_* variable has a value the operator cannot use."""
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    default_image: str
+    namespaces: tuple[str, ...]  # empty: every namespace (cluster-wide)
+    merge_service_account: str  # default ServiceAccount of merge Jobs ("" = namespace default)
+    allowed_prefixes: str  # STAGINGMERGE_ALLOWED_PREFIXES handed to every merge Job
+    job_ttl_seconds: int | None  # default ttlSecondsAfterFinished of merge Jobs
+    termination_grace_seconds: int  # time a merge gets to commit its batch after SIGTERM
+    queue_poll_seconds: float  # how often queued merges look for their turn
+    metrics_port: int  # Prometheus endpoint; 0 disables it
+    liveness_port: int  # /healthz; 0 disables it
+    log_format: str  # json | text | full (kopf's formats)
+
+    @property
+    def clusterwide(self) -> bool:
+        return not self.namespaces
+
+
+def load(environ: Mapping[str, str] = os.environ) -> OperatorConfig:
+    def get(name: str, default: str) -> str:
+        return environ.get(PREFIX + name, default).strip()
+
+    def integer(name: str, default: int, minimum: int = 0) -> int:
+        raw = get(name, str(default))
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(f"{PREFIX}{name} must be a whole number, got {raw!r}") from None
+        if value < minimum:
+            raise ConfigError(f"{PREFIX}{name} must be at least {minimum}, got {value}")
+        return value
+
+    image = get("DEFAULT_IMAGE", "")
+    if not image:
+        raise ConfigError(
+            f"{PREFIX}DEFAULT_IMAGE must name the merge image (e.g. "
+            "ghcr.io/stagingmerge/merge:0.1.0)"
+        )
+    log_format = get("LOG_FORMAT", "json")
+    if log_format not in ("json", "text", "full"):
+        raise ConfigError(f"{PREFIX}LOG_FORMAT must be json, text or full, got {log_format!r}")
+    ttl = get("JOB_TTL_SECONDS", "")
+    poll_raw = get("QUEUE_POLL_SECONDS", "15")
+    try:
+        poll = float(poll_raw)
+    except ValueError:
+        raise ConfigError(
+            f"{PREFIX}QUEUE_POLL_SECONDS must be a number, got {poll_raw!r}"
+        ) from None
+    if poll <= 0:
+        raise ConfigError(f"{PREFIX}QUEUE_POLL_SECONDS must be positive, got {poll_raw!r}")
+    prefixes = get("ALLOWED_PREFIXES", "")
+    for prefix in filter(None, (p.strip() for p in prefixes.split(","))):
+        try:
+            parse_location(prefix)
+        except InvalidInputError as exc:
+            raise ConfigError(f"{PREFIX}ALLOWED_PREFIXES: {exc}") from None
+    return OperatorConfig(
+        default_image=image,
+        namespaces=tuple(n.strip() for n in get("NAMESPACES", "").split(",") if n.strip()),
+        merge_service_account=get("MERGE_SERVICE_ACCOUNT", ""),
+        allowed_prefixes=prefixes,
+        job_ttl_seconds=integer("JOB_TTL_SECONDS", 0) if ttl else None,
+        termination_grace_seconds=integer("TERMINATION_GRACE_SECONDS", 300, minimum=1),
+        queue_poll_seconds=poll,
+        metrics_port=integer("METRICS_PORT", 9090),
+        liveness_port=integer("LIVENESS_PORT", 8080),
+        log_format=log_format,
+    )

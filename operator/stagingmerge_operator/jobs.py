@@ -1,0 +1,177 @@
+"""The merge Job of a StagingMerge, as a plain dict (pure: unit-tested without a cluster)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from . import API_VERSION, KIND
+from .config import OperatorConfig
+from .spec import MergeSpec
+
+CONTAINER = "merge"
+EXIT_INVALID_INPUT = 2  # stagingmerge-merge: invalid input, never worth retrying
+
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_MERGE = "stagingmerge.io/merge"  # the StagingMerge's name
+LABEL_GENERATION = "stagingmerge.io/generation"
+LABEL_MAIN = "stagingmerge.io/main"  # hash of the main table URI (labels can't hold URIs)
+LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
+ANNOTATION_MAIN_URI = "stagingmerge.io/main-uri"
+MANAGED_BY = "stagingmerge-operator"
+JOB_SELECTOR = {LABEL_MANAGED_BY: MANAGED_BY}
+
+_DNS_LABEL = re.compile(r"[^a-z0-9-]")
+
+
+def main_key(main_uri: str) -> str:
+    """A label-safe identity of a main table: at most one merge runs per key."""
+    return hashlib.sha256(main_uri.rstrip("/").encode()).hexdigest()[:32]
+
+
+def job_name(merge_name: str, generation: int) -> str:
+    """`<name>-g<generation>`, shortened with a hash to fit a 63-character label value."""
+    suffix = f"-g{generation}"
+    base = _DNS_LABEL.sub("-", merge_name.lower()).strip("-") or "merge"
+    if len(base) + len(suffix) <= 63:
+        return base + suffix
+    digest = hashlib.sha256(merge_name.encode()).hexdigest()[:8]
+    return f"{base[: 63 - len(suffix) - 9].rstrip('-')}-{digest}{suffix}"
+
+
+def merge_args(spec: MergeSpec) -> list[str]:
+    args = [
+        "--main",
+        spec.main_uri,
+        "--staging",
+        spec.staging_uri,
+        "--keys",
+        ",".join(spec.keys),
+        "--batch-rows",
+        str(spec.batch_rows),
+        "--log-format",
+        "json",
+    ]
+    if not spec.delete_staging:
+        args.append("--keep-staging")
+    if spec.dry_run:
+        args.append("--dry-run")
+    if spec.partition_by:
+        args += ["--partition-by", ",".join(spec.partition_by)]
+    for key, value in sorted(spec.storage_options.items()):
+        args += ["--storage-option", f"{key}={value}"]
+    return args
+
+
+def build_job(
+    *,
+    merge: Mapping[str, Any],
+    spec: MergeSpec,
+    config: OperatorConfig,
+) -> dict[str, Any]:
+    """The batch/v1 Job that runs `stagingmerge-merge` for this generation of `merge`."""
+    meta = merge["metadata"]
+    name, namespace, generation = meta["name"], meta["namespace"], int(meta["generation"])
+    labels = {
+        LABEL_NAME: "stagingmerge",
+        LABEL_COMPONENT: "merge",
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_MERGE: name[:63],
+        LABEL_GENERATION: str(generation),
+        LABEL_MAIN: main_key(spec.main_uri),
+    }
+    job_labels = dict(labels)
+    if spec.queue_name:
+        job_labels[LABEL_QUEUE] = spec.queue_name
+    env = [{"name": "STAGINGMERGE_ALLOWED_PREFIXES", "value": config.allowed_prefixes}]
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": spec.image or config.default_image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["stagingmerge-merge"],
+        "args": merge_args(spec),
+        "env": env,
+        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePolicy": "File",
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        # a writable /tmp on a read-only root file system
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],  # noqa: S108
+    }
+    if spec.storage_secret:
+        container["envFrom"] = [{"secretRef": {"name": spec.storage_secret}}]
+    if spec.resources:
+        container["resources"] = dict(spec.resources)
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",  # retries are the Job's, so podFailurePolicy applies
+        "automountServiceAccountToken": False,  # the merge never talks to the API
+        "terminationGracePeriodSeconds": config.termination_grace_seconds,
+        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [container],
+        "volumes": [{"name": "tmp", "emptyDir": {}}],
+    }
+    service_account = spec.service_account or config.merge_service_account
+    if service_account:
+        pod_spec["serviceAccountName"] = service_account
+    if spec.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.node_selector)
+    if spec.tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in spec.tolerations]
+    job_spec: dict[str, Any] = {
+        "backoffLimit": spec.backoff_limit,
+        "podFailurePolicy": {
+            "rules": [
+                {  # bad input: retrying cannot help
+                    "action": "FailJob",
+                    "onExitCodes": {
+                        "containerName": CONTAINER,
+                        "operator": "In",
+                        "values": [EXIT_INVALID_INPUT],
+                    },
+                },
+                {  # evictions, preemption, node drains: not the merge's fault
+                    "action": "Ignore",
+                    "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+                },
+            ]
+        },
+        "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+    }
+    if spec.queue_name:
+        job_spec["suspend"] = True  # Kueue admits the Job by unsuspending it
+    if spec.active_deadline_seconds is not None:
+        job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
+    ttl = spec.ttl_seconds_after_finished
+    if ttl is None:
+        ttl = config.job_ttl_seconds
+    if ttl is not None:
+        job_spec["ttlSecondsAfterFinished"] = ttl
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": job_name(name, generation),
+            "namespace": namespace,
+            "labels": job_labels,
+            "annotations": {ANNOTATION_MAIN_URI: spec.main_uri},
+            "ownerReferences": [
+                {
+                    "apiVersion": API_VERSION,
+                    "kind": KIND,
+                    "name": name,
+                    "uid": meta["uid"],
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "spec": job_spec,
+    }

@@ -1,0 +1,252 @@
+"""The only module that talks to the Kubernetes API (through the official client).
+
+Every call retries server errors and timeouts a few times with backoff; 404 and
+409 are answers, not errors, and are returned as such.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import kubernetes
+import urllib3
+from kubernetes.client.exceptions import ApiException
+
+from . import API_VERSION, GROUP, KIND, PLURAL, VERSION
+
+log = logging.getLogger("stagingmerge.operator")
+T = TypeVar("T")
+
+RETRIES = 5
+BACKOFF_SECONDS = 0.5
+
+
+class Conflict(Exception):  # noqa: N818 - an answer, like NotFound
+    """409: the object changed since it was read (or already exists)."""
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _retrying(call: Callable[[], T]) -> T:
+    """Retry 5xx answers, 429 and connection troubles; raise the rest at once."""
+    for attempt in range(1, RETRIES + 1):
+        try:
+            return call()
+        except ApiException as exc:
+            if exc.status == 409:
+                raise Conflict(str(exc.reason)) from exc
+            if exc.status not in (429, 500, 502, 503, 504) or attempt == RETRIES:
+                raise
+            log.warning("API answered %s; retrying (%d/%d)", exc.status, attempt, RETRIES)
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            if attempt == RETRIES:
+                raise
+            log.warning("API unreachable (%s); retrying (%d/%d)", exc, attempt, RETRIES)
+        time.sleep(BACKOFF_SECONDS * 2 ** (attempt - 1))
+    raise AssertionError("unreachable")
+
+
+def _not_found_as_none(call: Callable[[], T]) -> T | None:
+    try:
+        return _retrying(call)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+class Kube:
+    """The operator's API calls. Objects come back as plain dicts in API casing."""
+
+    def __init__(
+        self, api: kubernetes.client.ApiClient | None = None, timeout_seconds: float = 30
+    ) -> None:
+        if api is None:
+            try:
+                kubernetes.config.load_incluster_config()
+            except kubernetes.config.ConfigException:
+                kubernetes.config.load_kube_config()
+            api = kubernetes.client.ApiClient()
+        self._api = api
+        self._custom = kubernetes.client.CustomObjectsApi(api)
+        self._batch = kubernetes.client.BatchV1Api(api)
+        self._core = kubernetes.client.CoreV1Api(api)
+        self._timeout = timeout_seconds
+
+    def _plain(self, obj: Any) -> Any:
+        return self._api.sanitize_for_serialization(obj)
+
+    # --- StagingMerges -----------------------------------------------------------------
+
+    def get_merge(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return _not_found_as_none(
+            lambda: self._custom.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, name, _request_timeout=self._timeout
+            )
+        )
+
+    def list_merges(self, namespaces: Iterable[str]) -> list[dict[str, Any]]:
+        scopes = list(namespaces)
+        if not scopes:
+            result = _retrying(
+                lambda: self._custom.list_cluster_custom_object(
+                    GROUP, VERSION, PLURAL, _request_timeout=self._timeout
+                )
+            )
+            return list(result.get("items", []))
+        items: list[dict[str, Any]] = []
+        for ns in scopes:
+            result = _retrying(
+                functools.partial(
+                    self._custom.list_namespaced_custom_object,
+                    GROUP,
+                    VERSION,
+                    ns,
+                    PLURAL,
+                    _request_timeout=self._timeout,
+                )
+            )
+            items += result.get("items", [])
+        return items
+
+    def patch_merge_status(self, merge: Mapping[str, Any], status: Mapping[str, Any]) -> None:
+        """Merge-patch `status`, only if the object is still at the version it was read at."""
+        meta = merge["metadata"]
+        body = {
+            "metadata": {"resourceVersion": meta.get("resourceVersion")},
+            "status": dict(status),
+        }
+        if not meta.get("resourceVersion"):
+            body.pop("metadata")
+        _retrying(
+            lambda: self._custom.patch_namespaced_custom_object_status(
+                GROUP,
+                VERSION,
+                meta["namespace"],
+                PLURAL,
+                meta["name"],
+                body,
+                _request_timeout=self._timeout,
+            )
+        )
+
+    # --- Jobs and their pods ---------------------------------------------------------
+
+    def create_job(self, job: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Create the Job; if it exists already (a replayed event, a restart), return that."""
+        namespace, name = job["metadata"]["namespace"], job["metadata"]["name"]
+        try:
+            created = _retrying(
+                lambda: self._batch.create_namespaced_job(
+                    namespace, dict(job), _request_timeout=self._timeout
+                )
+            )
+            return self._plain(created), True
+        except Conflict:
+            existing = self.get_job(namespace, name)
+            if existing is None:
+                raise
+            return existing, False
+
+    def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        job = _not_found_as_none(
+            lambda: self._batch.read_namespaced_job(name, namespace, _request_timeout=self._timeout)
+        )
+        return None if job is None else self._plain(job)
+
+    def list_jobs(self, namespaces: Iterable[str], selector: str) -> list[dict[str, Any]]:
+        scopes = list(namespaces)
+        if not scopes:
+            result = _retrying(
+                lambda: self._batch.list_job_for_all_namespaces(
+                    label_selector=selector, _request_timeout=self._timeout
+                )
+            )
+            return list(self._plain(result).get("items", []))
+        items: list[dict[str, Any]] = []
+        for ns in scopes:
+            result = _retrying(
+                functools.partial(
+                    self._batch.list_namespaced_job,
+                    ns,
+                    label_selector=selector,
+                    _request_timeout=self._timeout,
+                )
+            )
+            items += self._plain(result).get("items", [])
+        return items
+
+    def termination_message(
+        self, namespace: str, job_name: str, container: str, succeeded: bool
+    ) -> str | None:
+        """The termination message of the Job's last pod to end (a succeeded one when the
+        Job succeeded: creationTimestamp has a one-second resolution, finishedAt too)."""
+        result = _retrying(
+            lambda: self._core.list_namespaced_pod(
+                namespace, label_selector=f"job-name={job_name}", _request_timeout=self._timeout
+            )
+        )
+        ended: list[tuple[bool, str, str, str]] = []
+        for pod in self._plain(result).get("items", []):
+            phase = (pod.get("status") or {}).get("phase")
+            for status in (pod.get("status") or {}).get("containerStatuses") or []:
+                terminated = (status.get("state") or {}).get("terminated")
+                if status.get("name") == container and terminated:
+                    ended.append(
+                        (
+                            (phase == "Succeeded") == succeeded,
+                            str(terminated.get("finishedAt") or ""),
+                            str(pod["metadata"].get("creationTimestamp") or ""),
+                            str(terminated.get("message") or ""),
+                        )
+                    )
+        return max(ended)[3] or None if ended else None
+
+    # --- Events --------------------------------------------------------------------
+
+    def event(self, merge: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        """Record an Event on the StagingMerge (best effort: never fails the reconcile)."""
+        meta = merge["metadata"]
+        stamp = now()
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": API_VERSION,
+                "kind": KIND,
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid"),
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+            "source": {"component": "stagingmerge-operator"},
+            "reportingComponent": "stagingmerge.io/operator",
+            "reportingInstance": "stagingmerge-operator",
+        }
+        try:
+            _retrying(
+                lambda: self._core.create_namespaced_event(
+                    meta["namespace"], body, _request_timeout=self._timeout
+                )
+            )
+        except (ApiException, Conflict, urllib3.exceptions.HTTPError, OSError) as exc:
+            log.warning(
+                "could not record event %s on %s/%s: %s",
+                reason,
+                meta["namespace"],
+                meta["name"],
+                exc,
+            )

@@ -1,0 +1,318 @@
+"""Use cases of the operator: bring one StagingMerge's status and Job in line.
+
+`Reconciler.reconcile()` is level-based and idempotent: it reads the resource and
+its Job, decides, acts at most once (creating a Job whose name is fixed by the
+resource and generation, so a replay or a restart finds it instead), and writes
+the status with an optimistic-concurrency precondition. Every handler (create,
+resume, update, the queue timer, Job events) calls it; they can race safely.
+
+Run policy (`spec.runPolicy`):
+- `Once` (default): one run per StagingMerge. Spec changes after the Job was
+  created are acknowledged (observedGeneration moves on) but never re-run, so a
+  GitOps re-sync cannot re-merge a finished backfill.
+- `OnSpecChange`: a spec change after the run finished starts a new run for the
+  new generation (Job `<name>-g<generation>`).
+A StagingMerge whose spec was invalid runs as soon as a corrected spec arrives.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import conditions as c
+from . import metrics
+from .config import OperatorConfig
+from .jobs import CONTAINER, LABEL_MAIN, LABEL_MANAGED_BY, MANAGED_BY, build_job, main_key
+from .kube import Conflict, Kube, now
+from .spec import RUN_ON_SPEC_CHANGE, InvalidSpecError, MergeSpec, parse_spec
+
+log = logging.getLogger("stagingmerge.operator")
+
+ATTEMPTS = 5  # re-reads when the status changed under us (409)
+
+
+@dataclass
+class Reconciler:
+    kube: Kube
+    config: OperatorConfig
+    clock: Callable[[], str] = now
+    _locks: dict[str, threading.Lock] = field(default_factory=dict)
+    _locks_guard: threading.Lock = field(default_factory=threading.Lock)
+
+    def reconcile(self, namespace: str, name: str) -> None:
+        for _ in range(ATTEMPTS):
+            merge = self.kube.get_merge(namespace, name)
+            if merge is None or merge["metadata"].get("deletionTimestamp"):
+                return
+            try:
+                self._reconcile(merge)
+                return
+            except Conflict:
+                log.info("status of %s/%s changed meanwhile; reconciling again", namespace, name)
+        raise RuntimeError(f"{namespace}/{name}: status kept changing; giving up for now")
+
+    # --- decisions ---------------------------------------------------------------------
+
+    def _reconcile(self, merge: dict[str, Any]) -> None:
+        meta = merge["metadata"]
+        status = merge.get("status") or {}
+        generation = int(meta.get("generation") or 1)
+        running = status.get("jobName") and status.get("phase") not in c.TERMINAL_PHASES
+        try:
+            spec = parse_spec(merge.get("spec") or {})
+        except InvalidSpecError as exc:
+            if running:  # the Job has its arguments already; follow it to the end
+                self._follow(merge, None)
+            else:
+                self._write(
+                    merge,
+                    c.Outcome(c.FAILED, c.R_INVALID_SPEC, str(exc)),
+                    generation=generation,
+                    event=("Warning", c.R_INVALID_SPEC),
+                )
+            return
+        if running:
+            self._follow(merge, spec)
+        elif self._wants_run(status, spec, generation):
+            self._start(merge, spec)
+        else:
+            self._acknowledge(merge, generation)
+
+    @staticmethod
+    def _wants_run(status: Mapping[str, Any], spec: MergeSpec, generation: int) -> bool:
+        run_generation = status.get("runGeneration")
+        if run_generation is None:
+            return True
+        return spec.run_policy == RUN_ON_SPEC_CHANGE and generation > int(run_generation)
+
+    def _start(self, merge: dict[str, Any], spec: MergeSpec) -> None:
+        meta = merge["metadata"]
+        generation = int(meta.get("generation") or 1)
+        if spec.suspend:
+            self._write(
+                merge,
+                c.Outcome(
+                    c.SUSPENDED, c.R_SUSPENDED, "spec.suspend is true: the merge will not start"
+                ),
+                generation=generation,
+            )
+            return
+        key = main_key(spec.main_uri)
+        with self._lock(key):  # one operator replica: this serialises check-then-create
+            blocker = self._blocker(merge, key)
+            if blocker:
+                self._write(
+                    merge,
+                    c.Outcome(
+                        c.QUEUED, c.R_QUEUED, f"waiting for {blocker} on the same main table"
+                    ),
+                    generation=generation,
+                    event=("Normal", c.R_QUEUED),
+                )
+                return
+            job, created = self.kube.create_job(
+                build_job(merge=merge, spec=spec, config=self.config)
+            )
+        state = c.job_state(job)
+        extra = {
+            "jobName": state.name,
+            "runGeneration": generation,
+            "startTime": self.clock(),
+            "completionTime": None,
+            "metrics": None,
+        }
+        self._write(
+            merge,
+            c.outcome_of(state, None),
+            generation=generation,
+            extra=extra,
+            job=state,
+            event=("Normal", "Started") if created else None,
+            event_message=f"created Job {state.name} to merge {spec.staging_uri} into "
+            f"{spec.main_uri}",
+        )
+        if created:
+            metrics.MERGES_STARTED.inc()
+            log.info("created Job %s for %s/%s", state.name, meta["namespace"], meta["name"])
+
+    def _follow(self, merge: dict[str, Any], spec: MergeSpec | None) -> None:
+        meta, status = merge["metadata"], merge.get("status") or {}
+        job = self.kube.get_job(meta["namespace"], status["jobName"])
+        run_generation = int(status.get("runGeneration") or meta.get("generation") or 1)
+        observed = self._observed(merge, spec, run_generation)
+        if job is None:
+            outcome = c.Outcome(
+                c.FAILED,
+                c.R_MERGE_FAILED,
+                f"Job {status['jobName']} was deleted before it finished",
+            )
+            self._write(merge, outcome, generation=observed, event=("Warning", outcome.reason))
+            return
+        state = c.job_state(job)
+        message = None
+        if state.finished or state.attempts > (1 if state.active else 0):
+            message = self.kube.termination_message(
+                meta["namespace"], state.name, CONTAINER, succeeded=state.succeeded
+            )
+        run_metrics = c.parse_metrics(message)
+        outcome = c.outcome_of(state, run_metrics)
+        extra: dict[str, Any] = {"startTime": status.get("startTime") or state.start_time}
+        if outcome.phase in c.TERMINAL_PHASES:
+            extra["completionTime"] = state.completion_time or self.clock()
+            extra["metrics"] = run_metrics
+        kind = "Warning" if outcome.phase == c.FAILED else "Normal"
+        self._write(
+            merge,
+            outcome,
+            generation=observed,
+            extra=extra,
+            job=state,
+            metrics_=run_metrics,
+            event=(kind, outcome.reason),
+        )
+
+    def _acknowledge(self, merge: dict[str, Any], generation: int) -> None:
+        """A finished (or queued/suspended) merge: re-check queue and suspension, else
+        only record that the current generation was seen."""
+        status = merge.get("status") or {}
+        if status.get("phase") in (c.QUEUED, c.SUSPENDED):
+            return  # not reached: those have no runGeneration and take _start
+        if status.get("observedGeneration") == generation:
+            return
+        conditions = [
+            dict(cond, observedGeneration=generation) for cond in status.get("conditions") or []
+        ]
+        self.kube.patch_merge_status(
+            merge, {"observedGeneration": generation, "conditions": conditions}
+        )
+
+    def _observed(
+        self, merge: Mapping[str, Any], spec: MergeSpec | None, run_generation: int
+    ) -> int:
+        """Once: every generation is acknowledged. OnSpecChange: a newer generation is
+        only observed when its own run starts."""
+        generation = int(merge["metadata"].get("generation") or 1)
+        if spec is not None and spec.run_policy == RUN_ON_SPEC_CHANGE:
+            return run_generation
+        return generation
+
+    def _blocker(self, merge: Mapping[str, Any], key: str) -> str | None:
+        """Who goes before this merge on its main table: a running Job, or an older
+        StagingMerge still waiting (first come, first served)."""
+        me = merge["metadata"]
+        selector = f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_MAIN}={key}"
+        for job in self.kube.list_jobs(self.config.namespaces, selector):
+            if not c.job_state(job).finished:
+                owner = (job["metadata"].get("ownerReferences") or [{}])[0].get("uid")
+                if owner != me.get("uid"):
+                    return f"Job {job['metadata']['namespace']}/{job['metadata']['name']}"
+        mine = (me.get("creationTimestamp") or "", me["namespace"], me["name"])
+        for other in self.kube.list_merges(self.config.namespaces):
+            om = other["metadata"]
+            theirs = (om.get("creationTimestamp") or "", om["namespace"], om["name"])
+            if theirs >= mine or om.get("deletionTimestamp"):
+                continue
+            ostatus = other.get("status") or {}
+            if ostatus.get("phase") in c.TERMINAL_PHASES or ostatus.get("jobName"):
+                continue  # finished, or running (its Job was checked above)
+            try:
+                ospec = parse_spec(other.get("spec") or {})
+            except InvalidSpecError:
+                continue
+            if not ospec.suspend and main_key(ospec.main_uri) == key:
+                return f"StagingMerge {om['namespace']}/{om['name']}"
+        return None
+
+    def _lock(self, key: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(key, threading.Lock())
+
+    # --- writing ------------------------------------------------------------------
+
+    def _write(
+        self,
+        merge: dict[str, Any],
+        outcome: c.Outcome,
+        *,
+        generation: int,
+        extra: Mapping[str, Any] | None = None,
+        job: c.JobState | None = None,
+        metrics_: Mapping[str, Any] | None = None,
+        event: tuple[str, str] | None = None,
+        event_message: str | None = None,
+    ) -> None:
+        status = merge.get("status") or {}
+        stamp = self.clock()
+        new: dict[str, Any] = {
+            "observedGeneration": generation,
+            "phase": outcome.phase,
+            "terminalState": outcome.phase if outcome.phase in c.TERMINAL_PHASES else None,
+            "progress": c.progress(outcome, job, metrics_),
+            "conditions": c.conditions_for(
+                status.get("conditions") or [], outcome, generation, stamp
+            ),
+        }
+        if job is not None:
+            new["attempts"] = job.attempts
+        new.update(extra or {})
+        changed_phase = status.get("phase") != outcome.phase
+        if all(
+            status.get(k) == v for k, v in new.items() if k != "conditions"
+        ) and _same_conditions(status.get("conditions") or [], new["conditions"]):
+            return
+        self.kube.patch_merge_status(merge, new)
+        meta = merge["metadata"]
+        log.info(
+            "%s/%s: %s (%s) %s",
+            meta["namespace"],
+            meta["name"],
+            outcome.phase,
+            outcome.reason,
+            outcome.message,
+        )
+        if changed_phase and event is not None:
+            self.kube.event(merge, event[0], event[1], event_message or outcome.message)
+        if (
+            changed_phase
+            and outcome.phase in c.TERMINAL_PHASES
+            and outcome.reason != c.R_INVALID_SPEC
+        ):
+            metrics.record_terminal(
+                outcome.phase == c.SUCCEEDED, outcome.reason, dict(metrics_) if metrics_ else None
+            )
+        if changed_phase and outcome.phase in c.TERMINAL_PHASES:
+            self._wake_queue(merge)
+
+    def _wake_queue(self, finished: Mapping[str, Any]) -> None:
+        """A merge ended: let the next one queued on the same main start now."""
+        try:
+            key = main_key(parse_spec(finished.get("spec") or {}).main_uri)
+        except InvalidSpecError:
+            return
+        for other in self.kube.list_merges(self.config.namespaces):
+            if (other.get("status") or {}).get("phase") != c.QUEUED:
+                continue
+            try:
+                if main_key(parse_spec(other.get("spec") or {}).main_uri) != key:
+                    continue
+            except InvalidSpecError:
+                continue
+            om = other["metadata"]
+            try:
+                self.reconcile(om["namespace"], om["name"])
+            except Exception:  # the queue timer will try again
+                log.exception("could not start queued %s/%s", om["namespace"], om["name"])
+
+
+def _same_conditions(old: list[Mapping[str, Any]], new: list[Mapping[str, Any]]) -> bool:
+    def strip(conds: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        return sorted(
+            ({k: v for k, v in x.items() if k != "lastTransitionTime"} for x in conds),
+            key=lambda x: str(x.get("type")),
+        )
+
+    return strip(old) == strip(new)

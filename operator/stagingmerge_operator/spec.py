@@ -1,0 +1,136 @@
+"""A StagingMerge's spec, parsed and validated (pure: no API calls).
+
+The CRD's OpenAPI schema and CEL rule catch most mistakes at `kubectl apply`;
+this module checks again (API servers without validation, old objects) and adds
+what a schema cannot say: that the URIs parse and do not overlap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from stagingmerge_merger import plan
+from stagingmerge_merger.errors import InvalidInputError
+from stagingmerge_merger.storage import parse_location
+
+RUN_ONCE = "Once"
+RUN_ON_SPEC_CHANGE = "OnSpecChange"
+DEFAULT_BATCH_ROWS = 250_000
+DEFAULT_BACKOFF_LIMIT = 3
+
+
+class InvalidSpecError(ValueError):
+    """The spec can never be merged as written; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class MergeSpec:
+    main_uri: str
+    staging_uri: str
+    keys: tuple[str, ...] = plan.DEFAULT_KEYS
+    batch_rows: int = DEFAULT_BATCH_ROWS
+    delete_staging: bool = True
+    dry_run: bool = False
+    storage_secret: str | None = None
+    storage_options: Mapping[str, str] = field(default_factory=dict)
+    partition_by: tuple[str, ...] = ()
+    image: str | None = None
+    resources: Mapping[str, Any] = field(default_factory=dict)
+    service_account: str | None = None
+    backoff_limit: int = DEFAULT_BACKOFF_LIMIT
+    active_deadline_seconds: int | None = None
+    ttl_seconds_after_finished: int | None = None
+    suspend: bool = False
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    tolerations: tuple[Mapping[str, Any], ...] = ()
+    queue_name: str | None = None
+    run_policy: str = RUN_ONCE
+
+
+def parse_spec(spec: Mapping[str, Any]) -> MergeSpec:
+    """Turn `spec` into a MergeSpec, or raise InvalidSpecError with one actionable line."""
+    main_uri = _uri(spec, "main")
+    staging_uri = _uri(spec, "staging")
+    try:
+        main, staging = parse_location(main_uri), parse_location(staging_uri)
+        keys = plan.parse_keys(",".join(spec.get("keys") or plan.DEFAULT_KEYS))
+    except InvalidInputError as exc:
+        raise InvalidSpecError(str(exc)) from None
+    if main.overlaps(staging):
+        raise InvalidSpecError(
+            f"spec.staging.uri {staging_uri} and spec.main.uri {main_uri} are the same"
+            " location or one is inside the other"
+        )
+    secret = spec.get("storageSecretRef") or {}
+    run_policy = spec.get("runPolicy", RUN_ONCE)
+    if run_policy not in (RUN_ONCE, RUN_ON_SPEC_CHANGE):
+        raise InvalidSpecError(
+            f"spec.runPolicy must be {RUN_ONCE} or {RUN_ON_SPEC_CHANGE}, got {run_policy!r}"
+        )
+    options = spec.get("storageOptions") or {}
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in options.items()):
+        raise InvalidSpecError("spec.storageOptions must map strings to strings")
+    return MergeSpec(
+        main_uri=main_uri,
+        staging_uri=staging_uri,
+        keys=keys,
+        batch_rows=_positive(spec, "batchRows", DEFAULT_BATCH_ROWS),
+        delete_staging=bool(spec.get("deleteStaging", True)),
+        dry_run=bool(spec.get("dryRun", False)),
+        storage_secret=secret.get("name") or None,
+        storage_options=dict(options),
+        partition_by=tuple(spec.get("partitionBy") or ()),
+        image=spec.get("image") or None,
+        resources=dict(spec.get("resources") or {}),
+        service_account=spec.get("serviceAccountName") or None,
+        backoff_limit=_non_negative(spec, "backoffLimit", DEFAULT_BACKOFF_LIMIT),
+        active_deadline_seconds=_optional_positive(spec, "activeDeadlineSeconds"),
+        ttl_seconds_after_finished=_optional_non_negative(spec, "ttlSecondsAfterFinished"),
+        suspend=bool(spec.get("suspend", False)),
+        node_selector=dict(spec.get("nodeSelector") or {}),
+        tolerations=tuple(spec.get("tolerations") or ()),
+        queue_name=spec.get("queueName") or None,
+        run_policy=run_policy,
+    )
+
+
+def _uri(spec: Mapping[str, Any], name: str) -> str:
+    value = (spec.get(name) or {}).get("uri")
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidSpecError(f"spec.{name}.uri is required (a table URI such as s3://bucket/t)")
+    return value.strip()
+
+
+def _integer(spec: Mapping[str, Any], name: str) -> int | None:
+    value = spec.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidSpecError(f"spec.{name} must be a whole number, got {value!r}")
+    return value
+
+
+def _positive(spec: Mapping[str, Any], name: str, default: int) -> int:
+    value = _optional_positive(spec, name)
+    return default if value is None else value
+
+
+def _optional_positive(spec: Mapping[str, Any], name: str) -> int | None:
+    value = _integer(spec, name)
+    if value is not None and value <= 0:
+        raise InvalidSpecError(f"spec.{name} must be positive, got {value}")
+    return value
+
+
+def _non_negative(spec: Mapping[str, Any], name: str, default: int) -> int:
+    value = _optional_non_negative(spec, name)
+    return default if value is None else value
+
+
+def _optional_non_negative(spec: Mapping[str, Any], name: str) -> int | None:
+    value = _integer(spec, name)
+    if value is not None and value < 0:
+        raise InvalidSpecError(f"spec.{name} must not be negative, got {value}")
+    return value
