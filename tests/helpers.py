@@ -13,6 +13,7 @@ from typing import Any
 
 import pyarrow as pa
 from deltalake import DeltaTable, write_deltalake
+
 from stagingmerge_merger.sample import ct_table
 
 CLI = str(Path(sys.executable).with_name("stagingmerge-merge"))

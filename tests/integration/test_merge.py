@@ -8,6 +8,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
+
 from stagingmerge_merger import delta
 from stagingmerge_merger.engine import MergeRequest, run_merge
 from stagingmerge_merger.errors import (
@@ -17,7 +18,6 @@ from stagingmerge_merger.errors import (
 )
 from stagingmerge_merger.metrics import MergeMetrics
 from stagingmerge_merger.storage import parse_location
-
 from tests.helpers import ct, key_list, rows, version, write
 
 

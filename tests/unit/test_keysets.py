@@ -1,4 +1,5 @@
 import pyarrow as pa
+
 from stagingmerge_merger import keysets
 from stagingmerge_merger.plan import KeyRange
 

@@ -2,6 +2,7 @@ import datetime as dt
 import json
 
 import pytest
+
 from stagingmerge_merger import plan
 from stagingmerge_merger.errors import InvalidInputError
 from stagingmerge_merger.plan import KeyRange

@@ -2,6 +2,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+
 from stagingmerge_merger import storage
 from stagingmerge_merger.errors import InvalidInputError
 from stagingmerge_merger.storage import parse_location as loc

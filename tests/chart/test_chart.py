@@ -1,0 +1,209 @@
+"""The Helm chart, checked with a real helm (tools/get_helm.py puts it in .tools/bin)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "stagingmerge"
+HELM = ROOT / ".tools" / "bin" / "helm"
+EVERYTHING = ROOT / "tests" / "data" / "values-everything.yaml"
+K8S_VERSION = "1.31.0"  # the chart's minimum (kubeVersion in Chart.yaml)
+
+pytestmark = [
+    pytest.mark.chart,
+    pytest.mark.skipif(not HELM.exists(), reason="run tools/get_helm.py (make test does)"),
+]
+
+
+def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(HELM), *args], capture_output=True, text=True, check=check, timeout=120
+    )
+
+
+def render(*args: str) -> list[dict[str, Any]]:
+    out = helm("template", "sm", str(CHART), "--namespace", "stagingmerge", *args).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+VARIANTS = {"defaults": (), "everything": ("-f", str(EVERYTHING))}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_lint_strict(variant):
+    result = helm("lint", "--strict", str(CHART), *VARIANTS[variant], check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_rendered_manifests_are_valid_kubernetes(variant):
+    docs = render(*VARIANTS[variant])
+    assert docs
+    for doc in docs:
+        if doc["kind"] == "ServiceMonitor":  # a prometheus-operator CRD: no schema here
+            assert doc["apiVersion"] == "monitoring.coreos.com/v1"
+            continue
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_rbac_is_least_privilege(variant):
+    docs = render(*VARIANTS[variant])
+    rules = [rule for d in docs if d["kind"] in ("Role", "ClusterRole") for rule in d["rules"]]
+    assert rules
+    for rule in rules:
+        assert "secrets" not in rule["resources"]
+        assert "*" not in rule["verbs"] and "*" not in rule["resources"]
+        assert "*" not in rule.get("apiGroups", [])
+        assert "delete" not in rule["verbs"] and "deletecollection" not in rule["verbs"]
+    granted = {
+        (g, r, v)
+        for rule in rules
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+        for v in rule["verbs"]
+    }
+    for needed in [
+        ("stagingmerge.io", "stagingmerges", "watch"),
+        ("stagingmerge.io", "stagingmerges", "patch"),
+        ("stagingmerge.io", "stagingmerges/status", "patch"),
+        ("batch", "jobs", "create"),
+        ("batch", "jobs", "watch"),
+        ("", "pods", "list"),
+        ("", "events", "create"),
+    ]:
+        assert needed in granted, needed
+    names = {d["metadata"]["name"] for d in docs if d["kind"] in ("Role", "ClusterRole")}
+    assert names == {"sm-stagingmerge-framework", "sm-stagingmerge-reconciler"}
+
+
+def test_namespaced_watching_creates_nothing_cluster_wide():
+    docs = render("-f", str(EVERYTHING))
+    assert not by_kind(docs, "ClusterRole") and not by_kind(docs, "ClusterRoleBinding")
+    assert {d["metadata"]["namespace"] for d in by_kind(docs, "Role")} == {"ct-lake", "ct-lake-dev"}
+    env = {
+        e["name"]: e["value"]
+        for e in by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["STAGINGMERGE_NAMESPACES"] == "ct-lake,ct-lake-dev"
+
+
+def test_cluster_wide_watching_uses_cluster_roles():
+    docs = render()
+    assert len(by_kind(docs, "ClusterRole")) == 2 and not by_kind(docs, "Role")
+    binding = by_kind(docs, "ClusterRoleBinding")[0]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "sm-stagingmerge", "namespace": "stagingmerge"}
+    ]
+
+
+def test_operator_deployment():
+    deployment = by_kind(render(), "Deployment")[0]
+    spec = deployment["spec"]
+    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    pod = spec["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    container = pod["containers"][0]
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
+    assert container["resources"]["limits"]["memory"] == "256Mi"
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["STAGINGMERGE_DEFAULT_IMAGE"] == "ghcr.io/stagingmerge/merge:0.1.0"
+    assert env["STAGINGMERGE_NAMESPACES"] == "" and env["STAGINGMERGE_JOB_TTL_SECONDS"] == "86400"
+
+
+def test_every_option_shows_up():
+    docs = render("-f", str(EVERYTHING))
+    deployment = by_kind(docs, "Deployment")[0]
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert container["image"] == "registry.example.com/stagingmerge/operator:0.1.0-rc1"
+    assert env["STAGINGMERGE_DEFAULT_IMAGE"] == "registry.example.com/stagingmerge/merge:0.1.0-rc1"
+    assert env["STAGINGMERGE_ALLOWED_PREFIXES"] == "s3://ct-lake/staging,s3://ct-lake-dev/staging"
+    assert env["STAGINGMERGE_MERGE_SERVICE_ACCOUNT"] == "ct-merge"
+    assert env["STAGINGMERGE_METRICS_PORT"] == "9191" and env["STAGINGMERGE_LOG_FORMAT"] == "text"
+    assert pod["serviceAccountName"] == "ct-operator" and pod["priorityClassName"]
+    assert pod["nodeSelector"] == {"pool": "system"} and pod["tolerations"] and pod["affinity"]
+    monitor = by_kind(docs, "ServiceMonitor")[0]
+    assert monitor["spec"]["endpoints"] == [{"port": "metrics", "interval": "15s"}]
+    merge_accounts = [
+        d for d in by_kind(docs, "ServiceAccount") if d["metadata"]["name"] == "ct-merge"
+    ]
+    assert {d["metadata"]["namespace"] for d in merge_accounts} == {
+        "stagingmerge",
+        "ct-lake",
+        "ct-lake-dev",
+    }
+    assert all(d["automountServiceAccountToken"] is False for d in merge_accounts)
+    assert merge_accounts[0]["metadata"]["annotations"]["eks.amazonaws.com/role-arn"]
+
+
+def test_metrics_can_be_turned_off():
+    docs = render("--set", "metrics.enabled=false")
+    assert not by_kind(docs, "Service")
+    env = {
+        e["name"]: e["value"]
+        for e in by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["STAGINGMERGE_METRICS_PORT"] == "0"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["operator.logFormat=xml", "watchNamespaces[0]=Not_A_Name", "metrics.port=0", "unknownKey=1"],
+)
+def test_values_schema_rejects_bad_values(bad):
+    result = helm("template", "sm", str(CHART), "--set", bad, check=False)
+    assert result.returncode != 0 and "values don't meet the specifications" in result.stderr
+
+
+def test_chart_crd_is_the_crd():
+    assert (CHART / "crds" / "stagingmerge.io_stagingmerges.yaml").read_text() == (
+        ROOT / "crds" / "stagingmerge.io_stagingmerges.yaml"
+    ).read_text()
+
+
+def test_every_value_is_documented():
+    """Every key in values.yaml has a "# --" comment right above it (helm-docs style)."""
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    undocumented = []
+    for index, line in enumerate(lines):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#") or ":" not in stripped:
+            continue
+        above = index - 1
+        while (
+            above >= 0
+            and lines[above].strip().startswith("#")
+            and not lines[above].strip().startswith("# --")
+        ):
+            above -= 1  # continuation lines of a multi-line comment
+        if above < 0 or not lines[above].strip().startswith("# --"):
+            undocumented.append(stripped)
+    assert undocumented == []
+
+
+def test_notes_tell_what_to_do_next():
+    out = helm(
+        "install", "sm", str(CHART), "--namespace", "stagingmerge", "--dry-run=client"
+    ).stdout
+    assert "kubectl wait --for=condition=Succeeded" in out
+    assert "kubectl get smerge" in out

@@ -1,0 +1,104 @@
+"""The CRD: structural, its samples valid, bad resources refused (schema and CEL rules)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import celpy
+import jsonschema
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CRD_PATH = ROOT / "crds" / "stagingmerge.io_stagingmerges.yaml"
+CRD = yaml.safe_load(CRD_PATH.read_text())
+VERSION = CRD["spec"]["versions"][0]
+SCHEMA = VERSION["schema"]["openAPIV3Schema"]
+SAMPLES = sorted((ROOT / "crds" / "samples").glob("*.yaml"))
+INVALID = list(
+    yaml.safe_load_all((ROOT / "tests" / "data" / "invalid-stagingmerges.yaml").read_text())
+)
+
+
+def walk(node: dict[str, Any], path: str = "") -> list[tuple[str, dict[str, Any]]]:
+    found = [(path, node)]
+    for name, child in (node.get("properties") or {}).items():
+        found += walk(child, f"{path}.{name}")
+    if isinstance(node.get("items"), dict):
+        found += walk(node["items"], f"{path}[]")
+    if isinstance(node.get("additionalProperties"), dict):
+        found += walk(node["additionalProperties"], f"{path}{{}}")
+    return found
+
+
+def test_names_and_scope():
+    spec = CRD["spec"]
+    assert CRD["metadata"]["name"] == "stagingmerges.stagingmerge.io"
+    assert (spec["group"], spec["scope"], spec["names"]["kind"]) == (
+        "stagingmerge.io",
+        "Namespaced",
+        "StagingMerge",
+    )
+    assert spec["names"]["shortNames"] == ["smerge"] and VERSION["name"] == "v1alpha1"
+    assert VERSION["subresources"] == {"status": {}}
+    assert [c["name"] for c in VERSION["additionalPrinterColumns"]][:5] == [
+        "Status",
+        "Progress",
+        "Inserted",
+        "Skipped",
+        "Age",
+    ]
+
+
+def test_schema_is_structural():
+    """Every node says its type (or is int-or-string / preserves unknown fields), and no
+    node mixes properties with additionalProperties (Kubernetes' structural rules)."""
+    for path, node in walk(SCHEMA):
+        assert (
+            "type" in node
+            or node.get("x-kubernetes-int-or-string")
+            or node.get("x-kubernetes-preserve-unknown-fields")
+        ), f"{path} has no type"
+        assert not ("properties" in node and "additionalProperties" in node), path
+        if node.get("type") == "array":
+            assert isinstance(node.get("items"), dict), f"{path} has no items schema"
+
+
+def test_conditions_have_the_metav1_shape():
+    item = SCHEMA["properties"]["status"]["properties"]["conditions"]["items"]
+    assert set(item["required"]) == {"type", "status", "lastTransitionTime", "reason", "message"}
+    assert item["properties"]["status"]["enum"] == ["True", "False", "Unknown"]
+
+
+@pytest.mark.parametrize("sample", SAMPLES, ids=lambda p: p.name)
+def test_samples_are_valid(sample):
+    for document in yaml.safe_load_all(sample.read_text()):
+        jsonschema.validate(document, SCHEMA)
+        assert cel_errors(document["spec"]) == []
+
+
+@pytest.mark.parametrize("document", INVALID, ids=[d["expect"] for d in INVALID])
+def test_bad_resources_are_refused(document):
+    body = {
+        "apiVersion": "stagingmerge.io/v1alpha1",
+        "kind": "StagingMerge",
+        "metadata": {"name": "x"},
+        "spec": document["spec"],
+    }
+    schema_ok = jsonschema.Draft7Validator(SCHEMA).is_valid(body)
+    if document["expect"].startswith("CEL"):
+        assert schema_ok and cel_errors(body["spec"]) != []
+    else:
+        assert not schema_ok
+
+
+def cel_errors(spec: dict[str, Any]) -> list[str]:
+    """Evaluate the CRD's x-kubernetes-validations rules on `spec` with a CEL interpreter."""
+    env = celpy.Environment()
+    errors = []
+    for rule in SCHEMA["properties"]["spec"]["x-kubernetes-validations"]:
+        program = env.program(env.compile(rule["rule"]))
+        if not program.evaluate({"self": celpy.json_to_cel(spec)}):
+            errors.append(rule["message"])
+    return errors

@@ -1,0 +1,168 @@
+from stagingmerge_operator import conditions as c
+
+
+def job(**status):
+    return {"metadata": {"name": "j"}, "spec": {}, "status": status}
+
+
+def cond(type_, status):
+    return {"type": type_, "status": status, "reason": "True" if status == "True" else "X"}
+
+
+def test_job_states():
+    running = c.job_state(job(active=1, startTime="t0"))
+    assert running.active and not running.finished and running.attempts == 1
+    done = c.job_state(
+        job(succeeded=1, conditions=[cond("SuccessCriteriaMet", "True"), cond("Complete", "True")])
+    )
+    assert done.finished and done.succeeded
+    failed = c.job_state(
+        job(
+            failed=3,
+            conditions=[
+                {
+                    "type": "Failed",
+                    "status": "True",
+                    "reason": "BackoffLimitExceeded",
+                    "message": "m",
+                }
+            ],
+        )
+    )
+    assert failed.finished and not failed.succeeded and failed.attempts == 3
+    assert failed.failure_reason == "BackoffLimitExceeded"
+    target = c.job_state(
+        job(
+            failed=1,
+            conditions=[{"type": "FailureTarget", "status": "True", "reason": "PodFailurePolicy"}],
+        )
+    )
+    assert target.finished and not target.succeeded
+    waiting = c.job_state({"metadata": {"name": "j"}, "spec": {"suspend": True}})
+    assert waiting.suspended and waiting.attempts == 0
+
+
+def test_metrics_from_a_termination_message():
+    assert c.parse_metrics('{"inserted": 3}\n') == {"inserted": 3}
+    assert c.parse_metrics('garbage\n{"a": 1}') == {"a": 1}
+    assert c.parse_metrics("") is None and c.parse_metrics("not json") is None
+
+
+def test_outcomes():
+    ok = c.job_state(job(succeeded=1, conditions=[cond("Complete", "True")]))
+    assert c.outcome_of(ok, {"outcome": "merged", "inserted": 5}).reason == "Merged"
+    assert c.outcome_of(ok, {"outcome": "nothing_to_merge"}).reason == "NothingToMerge"
+    bad = c.job_state(
+        job(
+            failed=1,
+            conditions=[
+                {
+                    "type": "Failed",
+                    "status": "True",
+                    "reason": "PodFailurePolicy",
+                    "message": "exit 2",
+                }
+            ],
+        )
+    )
+    invalid = c.outcome_of(bad, {"outcome": "invalid_input", "error": "schema mismatch: x"})
+    assert (invalid.phase, invalid.reason, invalid.message) == (
+        "Failed",
+        "InvalidInput",
+        "schema mismatch: x",
+    )
+    retried = c.job_state(
+        job(
+            failed=4,
+            conditions=[
+                {
+                    "type": "Failed",
+                    "status": "True",
+                    "reason": "BackoffLimitExceeded",
+                    "message": "m",
+                }
+            ],
+        )
+    )
+    failed = c.outcome_of(retried, {"outcome": "failed", "error": "store down"})
+    assert failed.reason == "MergeFailed" and failed.message == "after 4 attempt(s): store down"
+    deadline = c.job_state(
+        job(
+            conditions=[
+                {
+                    "type": "Failed",
+                    "status": "True",
+                    "reason": "DeadlineExceeded",
+                    "message": "late",
+                }
+            ]
+        )
+    )
+    assert c.outcome_of(deadline, None).reason == "DeadlineExceeded"
+    assert c.outcome_of(c.job_state(job(active=1)), None).phase == "Running"
+    assert c.outcome_of(c.job_state(job()), None).phase == "Pending"
+
+
+def test_transition_time_moves_only_when_status_flips():
+    first = c.set_condition(
+        [],
+        type_="Succeeded",
+        status="Unknown",
+        reason="Merging",
+        message="m",
+        generation=1,
+        now="t1",
+    )
+    same = c.set_condition(
+        first,
+        type_="Succeeded",
+        status="Unknown",
+        reason="Pending",
+        message="n",
+        generation=2,
+        now="t2",
+    )
+    flipped = c.set_condition(
+        same,
+        type_="Succeeded",
+        status="True",
+        reason="Merged",
+        message="done",
+        generation=2,
+        now="t3",
+    )
+    assert same[0]["lastTransitionTime"] == "t1" and same[0]["observedGeneration"] == 2
+    assert flipped[0]["lastTransitionTime"] == "t3" and flipped[0]["reason"] == "Merged"
+
+
+def test_conditions_for_each_phase():
+    def shape(outcome):
+        return {
+            x["type"]: (x["status"], x["reason"]) for x in c.conditions_for([], outcome, 1, "t")
+        }
+
+    assert shape(c.Outcome("Running", "Merging", "m")) == {
+        "Succeeded": ("Unknown", "Merging"),
+        "Ready": ("False", "Merging"),
+        "Stalled": ("False", "NotStalled"),
+    }
+    assert shape(c.Outcome("Succeeded", "Merged", "m")) == {
+        "Succeeded": ("True", "Merged"),
+        "Ready": ("True", "Merged"),
+        "Stalled": ("False", "NotStalled"),
+    }
+    assert shape(c.Outcome("Failed", "InvalidInput", "m")) == {
+        "Succeeded": ("False", "InvalidInput"),
+        "Ready": ("False", "InvalidInput"),
+        "Stalled": ("True", "InvalidInput"),
+    }
+    assert all(
+        x["observedGeneration"] == 1
+        for x in c.conditions_for([], c.Outcome("Queued", "Queued", "m"), 1, "t")
+    )
+
+
+def test_progress_column():
+    done = c.Outcome("Succeeded", "Merged", "m")
+    assert c.progress(done, None, {"batches": 3, "batches_planned": 3}) == "3/3 batches"
+    assert c.progress(c.Outcome("Queued", "Queued", "m"), None, None) == "queued"

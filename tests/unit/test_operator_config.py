@@ -1,0 +1,33 @@
+import pytest
+
+from stagingmerge_operator.config import ConfigError, load
+
+BASE = {"STAGINGMERGE_DEFAULT_IMAGE": "img:1"}
+
+
+def test_defaults():
+    config = load(BASE)
+    assert config.clusterwide and config.queue_poll_seconds == 15
+    assert config.metrics_port == 9090 and config.liveness_port == 8080
+    assert config.job_ttl_seconds is None and config.log_format == "json"
+
+
+def test_namespaces():
+    config = load({**BASE, "STAGINGMERGE_NAMESPACES": "a, b,"})
+    assert config.namespaces == ("a", "b") and not config.clusterwide
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({}, "STAGINGMERGE_DEFAULT_IMAGE must name the merge image"),
+        ({**BASE, "STAGINGMERGE_METRICS_PORT": "x"}, "STAGINGMERGE_METRICS_PORT must be a whole"),
+        ({**BASE, "STAGINGMERGE_TERMINATION_GRACE_SECONDS": "0"}, "must be at least 1"),
+        ({**BASE, "STAGINGMERGE_QUEUE_POLL_SECONDS": "-1"}, "must be positive"),
+        ({**BASE, "STAGINGMERGE_LOG_FORMAT": "xml"}, "must be json, text or full"),
+        ({**BASE, "STAGINGMERGE_ALLOWED_PREFIXES": "ftp://x"}, "ALLOWED_PREFIXES: unsupported"),
+    ],
+)
+def test_bad_values_name_the_variable(env, message):
+    with pytest.raises(ConfigError, match=message):
+        load(env)

@@ -1,0 +1,121 @@
+from stagingmerge_operator.config import load
+from stagingmerge_operator.jobs import build_job, job_name, main_key, merge_args
+from stagingmerge_operator.spec import parse_spec
+
+MERGE = {"metadata": {"name": "run-1", "namespace": "ct", "uid": "u-1", "generation": 3}}
+CONFIG = load(
+    {
+        "STAGINGMERGE_DEFAULT_IMAGE": "ghcr.io/stagingmerge/merge:1",
+        "STAGINGMERGE_ALLOWED_PREFIXES": "s3://lake/staging",
+        "STAGINGMERGE_MERGE_SERVICE_ACCOUNT": "stagingmerge-merge",
+        "STAGINGMERGE_JOB_TTL_SECONDS": "600",
+    }
+)
+
+
+def job(**spec):
+    base = {"main": {"uri": "s3://lake/main"}, "staging": {"uri": "s3://lake/staging/r1"}}
+    return build_job(merge=MERGE, spec=parse_spec({**base, **spec}), config=CONFIG)
+
+
+def test_name_is_fixed_by_resource_and_generation():
+    assert job_name("run-1", 3) == "run-1-g3"
+    long = job_name("x" * 80, 12)
+    assert len(long) <= 63 and long.endswith("-g12") and long != job_name("x" * 81, 12)
+    assert job_name("Weird_Name", 1) == "weird-name-g1"
+    assert job()["metadata"]["name"] == "run-1-g3"
+
+
+def test_main_key_is_label_safe_and_ignores_a_trailing_slash():
+    key = main_key("s3://lake/main")
+    assert key == main_key("s3://lake/main/") and len(key) == 32 and key.isalnum()
+
+
+def test_owner_reference_labels_and_annotations():
+    body = job(queueName="batch")
+    meta = body["metadata"]
+    assert meta["ownerReferences"] == [
+        {
+            "apiVersion": "stagingmerge.io/v1alpha1",
+            "kind": "StagingMerge",
+            "name": "run-1",
+            "uid": "u-1",
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
+    assert meta["labels"]["kueue.x-k8s.io/queue-name"] == "batch"
+    assert meta["labels"]["stagingmerge.io/main"] == main_key("s3://lake/main")
+    assert meta["annotations"]["stagingmerge.io/main-uri"] == "s3://lake/main"
+    assert body["spec"]["suspend"] is True  # Kueue admits by unsuspending
+
+
+def test_pod_failure_policy_fails_at_once_on_exit_code_2_and_ignores_disruptions():
+    rules = job()["spec"]["podFailurePolicy"]["rules"]
+    assert rules[0] == {
+        "action": "FailJob",
+        "onExitCodes": {"containerName": "merge", "operator": "In", "values": [2]},
+    }
+    assert rules[1]["action"] == "Ignore"
+    assert rules[1]["onPodConditions"] == [{"type": "DisruptionTarget", "status": "True"}]
+    assert job()["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+
+
+def test_container_runs_the_merge_with_the_spec():
+    body = job(
+        keys=["id"],
+        batchRows=5,
+        deleteStaging=False,
+        dryRun=True,
+        storageSecretRef={"name": "creds"},
+        storageOptions={"AWS_REGION": "eu"},
+        resources={"limits": {"memory": "2Gi"}},
+        image="mine:2",
+    )
+    pod = body["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["command"] == ["stagingmerge-merge"]
+    assert container["args"] == [
+        "--main",
+        "s3://lake/main",
+        "--staging",
+        "s3://lake/staging/r1",
+        "--keys",
+        "id",
+        "--batch-rows",
+        "5",
+        "--log-format",
+        "json",
+        "--keep-staging",
+        "--dry-run",
+        "--storage-option",
+        "AWS_REGION=eu",
+    ]
+    assert container["envFrom"] == [{"secretRef": {"name": "creds"}}]
+    assert {"name": "STAGINGMERGE_ALLOWED_PREFIXES", "value": "s3://lake/staging"} in container[
+        "env"
+    ]
+    assert container["image"] == "mine:2" and container["resources"]["limits"]["memory"] == "2Gi"
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["serviceAccountName"] == "stagingmerge-merge"
+
+
+def test_job_knobs():
+    spec = job(
+        backoffLimit=1,
+        activeDeadlineSeconds=99,
+        nodeSelector={"a": "b"},
+        tolerations=[{"key": "k", "operator": "Exists"}],
+    )["spec"]
+    assert spec["backoffLimit"] == 1 and spec["activeDeadlineSeconds"] == 99
+    assert spec["ttlSecondsAfterFinished"] == 600  # operator default
+    assert job(ttlSecondsAfterFinished=5)["spec"]["ttlSecondsAfterFinished"] == 5
+    pod = spec["template"]["spec"]
+    assert pod["nodeSelector"] == {"a": "b"} and pod["tolerations"][0]["key"] == "k"
+    assert "suspend" not in job()["spec"]
+
+
+def test_merge_args_partition_by():
+    spec = parse_spec({"main": {"uri": "/m"}, "staging": {"uri": "/s"}, "partitionBy": ["d"]})
+    assert merge_args(spec)[-2:] == ["--partition-by", "d"]
