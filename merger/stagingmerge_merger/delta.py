@@ -30,7 +30,7 @@ from deltalake.exceptions import (
 
 from .errors import InvalidInputError, MergeError, StorageError
 from .plan import Column, columns_of
-from .storage import Location, one_line, scrub
+from .storage import Location, looks_like_auth_error, one_line, scrub
 
 _ACTION_COLUMNS = ("path", "modification_time", "num_records")
 FULL_ROW_BATCH = 4096  # whole rows per record batch streamed to the writer (~9 MB of CT rows)
@@ -251,17 +251,6 @@ _PROTOCOL_HINTS = (
     "columnmapping",
     "deletionvectors",
 )
-_AUTH_HINTS = (
-    "403",
-    "forbidden",
-    "accessdenied",
-    "invalidaccesskeyid",
-    "signaturedoesnotmatch",
-    "authenticationfailed",
-    "unauthorized",
-    "expiredtoken",
-    "credential",
-)
 
 
 @contextlib.contextmanager
@@ -284,7 +273,7 @@ def translate_errors(location: Location, options: Mapping[str, str], action: str
         lowered = text.lower()
         if any(h in lowered for h in _PROTOCOL_HINTS):
             raise _unsupported(action, location, text) from exc
-        if any(h in lowered for h in _AUTH_HINTS):
+        if looks_like_auth_error(text):
             raise InvalidInputError(
                 f"cannot {action} {location}: storage refused the credentials ({text})"
             ) from exc

@@ -19,14 +19,14 @@ whole rows. Reruns are idempotent because step 3 sees what earlier runs wrote.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import pyarrow as pa
 import structlog
 
-from . import __version__, keysets, plan
+from . import __version__, failpoints, keysets, plan
 from .delta import CommitConflictError, ReadUnit, Table, TableNotFoundError
 from .errors import InvalidInputError, MergeError, MergeInterruptedError, StagingChangedError
 from .metrics import (
@@ -300,10 +300,9 @@ class _Merge:
                 "stagingmerge.batch": f"{index + 1}/{total}",
                 "stagingmerge.version": __version__,
             }
+            rows = staging.read_rows(units, positions, target)
             try:
-                committed = self.main.append(
-                    staging.read_rows(units, positions, target), target, metadata
-                )
+                committed = self.main.append(_then_failpoint(rows), target, metadata)
             except CommitConflictError as exc:
                 self.metrics.commit_retries += 1
                 log.warning(
@@ -313,6 +312,7 @@ class _Merge:
                     error=str(exc),
                 )
                 continue
+            failpoints.hit("batch-after-commit")
             assert read_version is not None
             others = committed - read_version - 1
             repaired = self._repair(new, key_types, key_schema, committed) if others else 0
@@ -452,6 +452,12 @@ def _one_per_key(rows: pa.Table, names: Sequence[str]) -> pa.Table:
     numbered = keysets.with_positions(rows, 0)
     keep = keysets.first_occurrences(numbered.select([*names, keysets.POSITION]), names)
     return rows.take(sorted(keep[keysets.POSITION].to_pylist()))
+
+
+def _then_failpoint(rows: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """The rows, then the `batch-before-commit` crash point (files written, no commit)."""
+    yield from rows
+    failpoints.hit("batch-before-commit")
 
 
 def _timed(result: BatchResult, started: float) -> BatchResult:

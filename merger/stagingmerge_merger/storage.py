@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from . import failpoints
 from .errors import InvalidInputError, StorageError
 
 # URI scheme -> store kind. `kind` is what nesting and safety checks compare.
@@ -330,6 +331,8 @@ class Prefix:
                     if paths:
                         obstore.delete(store, paths)
                         deleted += len(paths)
+                if prefix:
+                    failpoints.hit("staging-delete")  # tests only: crash half-way
             try:
                 obstore.delete(store, COMPLETION_MARKER)
                 deleted += 1
@@ -360,7 +363,7 @@ def _store_error(
 ) -> Exception:
     text = scrub(one_line(str(exc)), options)
     name = type(exc).__name__
-    if name in ("PermissionDeniedError", "UnauthenticatedError") or _looks_like_auth(text):
+    if name in ("PermissionDeniedError", "UnauthenticatedError") or looks_like_auth_error(text):
         return InvalidInputError(
             f"cannot {action} {location}: the store refused the credentials ({text})"
         )
@@ -369,19 +372,18 @@ def _store_error(
     return StorageError(f"cannot {action} {location}: {text}")
 
 
-def _looks_like_auth(text: str) -> bool:
-    needles = (
-        "403",
-        "Forbidden",
-        "AccessDenied",
-        "InvalidAccessKeyId",
-        "SignatureDoesNotMatch",
-        "AuthenticationFailed",
-        "Unauthenticated",
-        "401 Unauthorized",
-        "ExpiredToken",
-    )
-    return any(n.lower() in text.lower() for n in needles)
+# Answers that mean "these credentials will not do" (retrying cannot help). Status codes
+# are matched with their words: a bare "403" also occurs in paths, UUIDs and timings.
+_AUTH_ERROR = re.compile(
+    r"status:? 40[13]\b|\b40[13] (forbidden|unauthorized)|invalidaccesskeyid|"
+    r"signaturedoesnotmatch|accessdenied|authenticationfailed|authorizationfailure|"
+    r"expiredtoken|invalidtoken|unauthenticated|permission ?denied",
+    re.IGNORECASE,
+)
+
+
+def looks_like_auth_error(text: str) -> bool:
+    return _AUTH_ERROR.search(text) is not None
 
 
 # obstore's retry policy for the clean-up: a few attempts with backoff on 5xx/timeouts.

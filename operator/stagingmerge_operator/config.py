@@ -32,6 +32,7 @@ class OperatorConfig:
     metrics_port: int  # Prometheus endpoint; 0 disables it
     liveness_port: int  # /healthz; 0 disables it
     log_format: str  # json | text | full (kopf's formats)
+    api_timeout_seconds: float = 30.0  # per request of the reconciler
 
     @property
     def clusterwide(self) -> bool:
@@ -52,6 +53,16 @@ def load(environ: Mapping[str, str] = os.environ) -> OperatorConfig:
             raise ConfigError(f"{PREFIX}{name} must be at least {minimum}, got {value}")
         return value
 
+    def positive_number(name: str, default: float) -> float:
+        raw = get(name, str(default))
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"{PREFIX}{name} must be a number, got {raw!r}") from None
+        if value <= 0:
+            raise ConfigError(f"{PREFIX}{name} must be positive, got {raw!r}")
+        return value
+
     image = get("DEFAULT_IMAGE", "")
     if not image:
         raise ConfigError(
@@ -62,15 +73,6 @@ def load(environ: Mapping[str, str] = os.environ) -> OperatorConfig:
     if log_format not in ("json", "text", "full"):
         raise ConfigError(f"{PREFIX}LOG_FORMAT must be json, text or full, got {log_format!r}")
     ttl = get("JOB_TTL_SECONDS", "")
-    poll_raw = get("QUEUE_POLL_SECONDS", "15")
-    try:
-        poll = float(poll_raw)
-    except ValueError:
-        raise ConfigError(
-            f"{PREFIX}QUEUE_POLL_SECONDS must be a number, got {poll_raw!r}"
-        ) from None
-    if poll <= 0:
-        raise ConfigError(f"{PREFIX}QUEUE_POLL_SECONDS must be positive, got {poll_raw!r}")
     prefixes = get("ALLOWED_PREFIXES", "")
     for prefix in filter(None, (p.strip() for p in prefixes.split(","))):
         try:
@@ -84,8 +86,9 @@ def load(environ: Mapping[str, str] = os.environ) -> OperatorConfig:
         allowed_prefixes=prefixes,
         job_ttl_seconds=integer("JOB_TTL_SECONDS", 0) if ttl else None,
         termination_grace_seconds=integer("TERMINATION_GRACE_SECONDS", 300, minimum=1),
-        queue_poll_seconds=poll,
+        queue_poll_seconds=positive_number("QUEUE_POLL_SECONDS", 15),
         metrics_port=integer("METRICS_PORT", 9090),
         liveness_port=integer("LIVENESS_PORT", 8080),
         log_format=log_format,
+        api_timeout_seconds=positive_number("API_TIMEOUT_SECONDS", 30),
     )

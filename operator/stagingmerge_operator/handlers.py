@@ -24,7 +24,7 @@ _reconciler: Reconciler | None = None
 def reconciler() -> Reconciler:
     global _reconciler  # one per process, built on first use
     if _reconciler is None:
-        _reconciler = Reconciler(Kube(), CONFIG)
+        _reconciler = Reconciler(Kube(timeout_seconds=CONFIG.api_timeout_seconds), CONFIG)
     return _reconciler
 
 

@@ -42,11 +42,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @dataclass
 class Fault:
-    """Answer `status` (or wait `delay` seconds first) to matching requests, `times` times."""
+    """For `times` matching requests: wait `delay` seconds (a slow server: clients with a
+    shorter timeout give up), then answer `status`, or serve normally when it is None."""
 
     matches: Callable[[rendering.Request], bool]
     times: int
-    status: int = 500
+    status: int | None = 500
     delay: float = 0.0
 
 
@@ -113,11 +114,13 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                 fault.times -= 1
                 if fault.delay:
                     await asyncio.sleep(fault.delay)
-                raise KubernetesError(
-                    status=fault.status,
-                    reason="InjectedFault",
-                    message=f"fault injected by the test ({fault.status})",
-                )
+                if fault.status is not None:
+                    raise KubernetesError(
+                        status=fault.status,
+                        reason="InjectedFault",
+                        message=f"fault injected by the test ({fault.status})",
+                    )
+                break
         if request.resource is not None and request.action == enums.action.CREATE:
             request = self._prepare_create(request)
         elif (

@@ -155,3 +155,21 @@ def test_one_line_folds_rust_cause_chains():
         "Kernel error -> Generic S3 error: Error performing GET: Connection refused (os error 111)"
     )
     assert len(storage.one_line("x" * 1000)) == 600
+
+
+@pytest.mark.parametrize(
+    ("text", "auth"),
+    [
+        ("Client error with status 403 Forbidden: <Code>InvalidAccessKeyId</Code>", True),
+        ("Error performing GET http://h/b/k: status: 403", True),
+        ("401 Unauthorized", True),
+        ("AuthenticationFailed: Server failed to authenticate the request", True),
+        (
+            "GET http://h/b/part-00000-39c17e41-4031-4386.parquet in 5.403s: Connection refused",
+            False,
+        ),
+        ("Error getting credentials from the instance metadata service: timeout", False),
+    ],
+)
+def test_auth_errors_are_told_apart_from_outages(text, auth):
+    assert storage.looks_like_auth_error(text) is auth

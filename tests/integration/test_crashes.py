@@ -1,0 +1,163 @@
+"""Crash anywhere: the real CLI killed with SIGKILL at chosen points (failpoints) and at
+random moments, then rerun. Main must end exactly as an uninterrupted merge leaves it
+(same rows, every column, compared by content hash), and staging must disappear only
+once a run completed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import signal
+import subprocess
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pytest
+from deltalake import DeltaTable
+
+from tests.helpers import CLI, ct, run_cli, write
+
+ARGS = ("--batch-rows", "20")
+
+
+def content_hash(table_path: Path) -> str:
+    """sha256 over every row, every column, in key order."""
+    table = DeltaTable(str(table_path)).to_pyarrow_table()
+    table = table.select(sorted(table.column_names)).sort_by(
+        [("source_url", "ascending"), ("cert_index", "ascending")]
+    )
+    digest = hashlib.sha256()
+    for batch in table.to_batches(max_chunksize=1000):
+        for row in batch.to_pylist():
+            digest.update(json.dumps(row, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def build(root: Path, files: int = 8) -> tuple[Path, Path]:
+    main, staging = root / "main", root / "staging"
+    write(main, ct([0, 1] * 10, [i // 2 for i in range(20)], seed=1), partition_by=["seen_date"])
+    for part in range(files):  # overlaps with main, repeats inside staging, new keys
+        logs = [0, 1, 2] * 8
+        indexes = [part * 6 + i // 3 for i in range(24)]
+        write(staging, ct(logs, indexes, seed=100 + part))
+    return main, staging
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> str:
+    main, staging = build(tmp_path_factory.mktemp("reference"))
+    result = run_cli("--main", str(main), "--staging", str(staging), *ARGS)
+    assert result.code == 0 and result.metrics["batches"] == 8
+    assert not staging.exists()
+    return content_hash(main)
+
+
+def check_keys_unique(main: Path) -> None:
+    table = DeltaTable(str(main)).to_pyarrow_table(columns=["source_url", "cert_index"])
+    keys = list(zip(table["source_url"].to_pylist(), table["cert_index"].to_pylist(), strict=True))
+    assert len(keys) == len(set(keys))
+
+
+@pytest.mark.parametrize(
+    "point",
+    [
+        "batch-before-commit:1",  # before the first commit
+        "batch-before-commit:4",  # mid-way, files written but not committed
+        "batch-after-commit:1",
+        "batch-after-commit:5",  # between batches
+        "batch-after-commit:8",  # after the last commit, before staging is checked and deleted
+        "staging-delete",  # log deleted, data files not
+    ],
+)
+def test_killed_at_a_failpoint_then_rerun(tmp_path, reference, point):
+    main, staging = build(tmp_path)
+
+    crashed = run_cli(
+        "--main", str(main), "--staging", str(staging), *ARGS, env={"STAGINGMERGE_FAILPOINT": point}
+    )
+
+    assert crashed.code == -signal.SIGKILL
+    check_keys_unique(main)
+    if point == "staging-delete":
+        assert not (staging / "_delta_log").exists() and any(staging.rglob("*.parquet"))
+        assert content_hash(main) == reference  # the merge had completed
+    else:
+        assert (staging / "_delta_log").exists()  # staging kept until a run completes
+    rerun = run_cli("--main", str(main), "--staging", str(staging), *ARGS)
+    assert rerun.code == 0, rerun.stderr
+    assert content_hash(main) == reference
+    assert not staging.exists()
+
+
+def test_killed_at_random_moments_until_done(tmp_path):
+    """SIGKILL after a random delay, over and over, until a run completes."""
+    reference_main, reference_staging = build(tmp_path / "reference", files=40)
+    assert (
+        run_cli("--main", str(reference_main), "--staging", str(reference_staging), *ARGS).code == 0
+    )
+    main, staging = build(tmp_path / "killed", files=40)
+    rng = random.Random(20261126)
+    kills = 0
+    for _ in range(40):
+        proc = subprocess.Popen(
+            [
+                CLI,
+                "--main",
+                str(main),
+                "--staging",
+                str(staging),
+                *ARGS,
+                "--log-format",
+                "json",
+                "--metrics-file",
+                str(tmp_path / "m"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            proc.wait(timeout=rng.uniform(0.4, 1.2))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            kills += 1
+            check_keys_unique(main)
+            assert (staging / "_delta_log").exists() or (
+                staging / "_stagingmerge_merged.json"
+            ).exists()
+            continue
+        assert proc.returncode == 0
+        break
+    else:
+        pytest.fail("the merge never completed")
+    assert kills >= 2
+    assert content_hash(main) == content_hash(reference_main) and not staging.exists()
+
+
+def test_staging_written_during_the_merge_is_kept_and_rerun_merges_the_rest(tmp_path):
+    main, staging = build(tmp_path)
+    proc = subprocess.Popen(
+        [CLI, "--main", str(main), "--staging", str(staging), *ARGS, "--log-format", "json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if '"batch done"' in line:
+            write(staging, ct([5] * 3, [1, 2, 3], seed=7))  # a backfill still writing
+            break
+    out, _ = proc.communicate(timeout=60)
+    metrics = json.loads(out.strip().splitlines()[-1])
+    assert proc.returncode == 1 and metrics["outcome"] == "staging_changed"
+    assert "changed during the merge" in metrics["error"]
+    assert (staging / "_delta_log").exists()
+
+    rerun = run_cli("--main", str(main), "--staging", str(staging), *ARGS)
+    assert rerun.code == 0 and rerun.metrics["inserted"] == 3
+    assert not staging.exists()
+    check_keys_unique(main)
+    table = DeltaTable(str(main)).to_pyarrow_table(columns=["source_url", "cert_index"])
+    late = table.filter(pc.equal(table["source_url"], ct([5], [1])["source_url"][0]))
+    assert sorted(late["cert_index"].to_pylist()) == [1, 2, 3]
