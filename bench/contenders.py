@@ -16,6 +16,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import DeltaTable, write_deltalake
 
+from stagingmerge_merger.sample import LOGS
+
 ORIGINAL_BATCH = 8_192
 PREDICATE = "target.source_url = source.source_url AND target.cert_index = source.cert_index"
 
@@ -23,22 +25,24 @@ PREDICATE = "target.source_url = source.source_url AND target.cert_index = sourc
 def plain_append(main: str, staging: str) -> int:
     """The limit: read staging, append the rows known to be new, never look at main.
 
-    Which rows are new is known from how bench/run.py generated the data (an
-    oracle): per log, the indexes at or past main's end."""
-    meta = json.loads((Path(staging).parent / "new_from").read_text())
-    per_log, bases = meta["per_log"], meta["bases"]
-    table = DeltaTable(staging).to_pyarrow_dataset()
-    from stagingmerge_merger.sample import LOGS
-
-    url_to_end = pa.array([bases[i] + per_log for i in range(len(bases))], pa.int64())
-    urls_known = pa.array([url for _, url in LOGS[: len(bases)]])
+    Which rows are new is known from how bench/run.py generated the data (an oracle,
+    the same rule as run.in_main, vectorised)."""
+    oracle = json.loads((Path(staging).parent / "oracle.json").read_text())
+    bases = pa.array(oracle["bases"], pa.int64())
+    urls = pa.array([url for _, url in LOGS[: len(oracle["bases"])]])
+    dataset = DeltaTable(staging).to_pyarrow_dataset()
     inserted = 0
 
     def batches():
         nonlocal inserted
-        for batch in table.to_batches(batch_size=8192):
-            end = url_to_end.take(pc.index_in(batch["source_url"], urls_known))
-            keep = batch.filter(pc.greater_equal(batch["cert_index"], end))
+        for batch in dataset.to_batches(batch_size=8192):
+            base = bases.take(pc.index_in(batch["source_url"], urls))
+            offset = pc.subtract(pc.subtract(batch["cert_index"], base), oracle["low"])
+            held = pc.greater(
+                pc.floor(pc.multiply(pc.add(offset, 1).cast(pa.float64()), oracle["overlap"])),
+                pc.floor(pc.multiply(offset.cast(pa.float64()), oracle["overlap"])),
+            )
+            keep = batch.filter(pc.invert(held))
             inserted += keep.num_rows
             yield keep
 

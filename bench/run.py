@@ -55,14 +55,21 @@ class Result:
     batch_seconds_max: float | None = None
 
 
+def in_main(offset: int, overlap: float) -> bool:
+    """Whether the staging key at `offset` within its log's staging range is in main:
+    `overlap` of the range, spread evenly (a live writer that lost part of the stream)."""
+    return int((offset + 1) * overlap) > int(offset * overlap)
+
+
 def generate(main_rows: int, staging_rows: int, overlap: float) -> tuple[Path, Path]:
-    """main: per_log entries of each of 8 logs; staging: the last `overlap` share of its
-    keys already in main, the rest new. Written once, reused across runs."""
+    """main: main_rows entries of 8 logs interleaved in arrival order; staging: a backfill of
+    a range of each log in index order, of which main already holds `overlap` (spread
+    evenly, so every batch has the same mix). Written once, reused across runs."""
     from datetime import UTC, datetime, timedelta
 
-    from deltalake import write_deltalake
+    from deltalake import DeltaTable, write_deltalake
 
-    from stagingmerge_merger.sample import ct_table, interleaved_keys
+    from stagingmerge_merger.sample import ct_table
 
     folder = DATA / f"main{main_rows}-staging{staging_rows}-overlap{overlap:g}"
     main, staging = folder / "main", folder / "staging"
@@ -70,11 +77,14 @@ def generate(main_rows: int, staging_rows: int, overlap: float) -> tuple[Path, P
     if done.exists():
         return main, staging
     shutil.rmtree(folder, ignore_errors=True)
-    per_log = main_rows // LOGS
+    per_log, s_per_log = main_rows // LOGS, staging_rows // LOGS
+    held = sum(in_main(o, overlap) for o in range(s_per_log))
+    low = per_log - held  # main: [0, low) and the held part of [low, low + s_per_log)
+    main_offsets = list(range(low)) + [low + o for o in range(s_per_log) if in_main(o, overlap)]
     # Logs at very different index ranges, as real CT logs are.
     bases = [i * 37_000_000 + 1_000_000 for i in range(LOGS)]
-    log_ids, offsets = interleaved_keys(LOGS, per_log)
-    indexes = [bases[log] + off for log, off in zip(log_ids, offsets, strict=True)]
+    log_ids = [log for _ in range(per_log) for log in range(LOGS)]
+    indexes = [bases[log] + main_offsets[i // LOGS] for i, log in enumerate(log_ids)]
     step = timedelta(seconds=0.5)
     for start in range(0, len(indexes), FILE_ROWS):
         table = ct_table(
@@ -86,10 +96,9 @@ def generate(main_rows: int, staging_rows: int, overlap: float) -> tuple[Path, P
         )
         write_deltalake(main, table, partition_by=["seen_date"], mode="append")
         print(f"main: {start + table.num_rows:,} rows", file=sys.stderr)
-    s_per_log = staging_rows // LOGS
-    first = per_log - int(s_per_log * overlap)
-    s_logs, s_offsets = interleaved_keys(LOGS, s_per_log, first_index=first)
-    s_indexes = [bases[log] + off for log, off in zip(s_logs, s_offsets, strict=True)]
+    DeltaTable(str(main)).create_checkpoint()  # as a live table would have
+    s_logs = [log for _ in range(s_per_log) for log in range(LOGS)]
+    s_indexes = [bases[log] + low + i // LOGS for i, log in enumerate(s_logs)]
     for start in range(0, len(s_indexes), FILE_ROWS // 4):
         stop = start + FILE_ROWS // 4
         table = ct_table(
@@ -99,7 +108,9 @@ def generate(main_rows: int, staging_rows: int, overlap: float) -> tuple[Path, P
             seen_start=datetime(2025, 12, 1, tzinfo=UTC),
         )
         write_deltalake(staging, table, mode="append")
-    (folder / "new_from").write_text(json.dumps({"per_log": per_log, "bases": bases}))
+    (folder / "oracle.json").write_text(
+        json.dumps({"low": low, "overlap": overlap, "bases": bases})
+    )
     done.touch()
     return main, staging
 
@@ -219,6 +230,9 @@ def main() -> None:
     parser.add_argument("--overlap", type=float, default=0.5)
     parser.add_argument("--batch-rows", type=int, default=250_000)
     parser.add_argument("--contenders", default=",".join(CONTENDERS))
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="runs per contender; the median run is reported"
+    )
     parser.add_argument("--one", choices=CONTENDERS, help=argparse.SUPPRESS)
     parser.add_argument("--main", help=argparse.SUPPRESS)
     parser.add_argument("--staging", help=argparse.SUPPRESS)
@@ -230,30 +244,32 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     results = []
     for name in args.contenders.split(","):
-        out = subprocess.run(
-            [
-                sys.executable,
-                __file__,
-                "--one",
-                name,
-                "--main",
-                str(main_path),
-                "--staging",
-                str(staging_path),
-                "--main-rows",
-                str(args.main_rows),
-                "--staging-rows",
-                str(args.staging_rows),
-                "--batch-rows",
-                str(args.batch_rows),
-            ],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        if out.stderr:
-            print(out.stderr, file=sys.stderr)
-        result = json.loads(out.stdout.strip().splitlines()[-1])
+        command = [
+            sys.executable,
+            __file__,
+            "--one",
+            name,
+            "--main",
+            str(main_path),
+            "--staging",
+            str(staging_path),
+            "--main-rows",
+            str(args.main_rows),
+            "--staging-rows",
+            str(args.staging_rows),
+            "--batch-rows",
+            str(args.batch_rows),
+        ]
+        runs = []
+        for _ in range(1 if name == "original" else args.repeat):
+            out = subprocess.run(command, check=True, capture_output=True, text=True)
+            if out.stderr:
+                print(out.stderr, file=sys.stderr)
+            runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        runs.sort(key=lambda r: r["seconds"])
+        result = runs[len(runs) // 2]  # the median run
+        result["runs"] = len(runs)
+        result["peak_rss_mib_max"] = max(r["peak_rss_mib"] for r in runs)
         results.append(result)
         print(json.dumps(result), flush=True)
     record = {"machine": machine(), "when": time.strftime("%Y-%m-%d"), "results": results}

@@ -149,46 +149,66 @@ class _Merge:
             )
         if self.deletes:
             check_deletable(req.staging, req.main, req.allowed_prefixes)
-        staging_prefix = Prefix(req.staging, self.options)
-        state = staging_prefix.state()
-        if not state.exists:
-            log.info("nothing to merge: staging does not exist", staging=str(req.staging))
+        prefix = Prefix(req.staging, self.options)
+        staging = self._open_staging(prefix)
+        if staging is None:
             self.metrics.outcome = NOTHING_TO_MERGE
             return
+        units, key_types, key_schema, target = self._prepare(staging)
+        if not units:
+            log.info("nothing to merge: staging is empty", staging=str(req.staging))
+            self.metrics.outcome = NOTHING_TO_MERGE
+        else:
+            self._merge_all(staging, units, key_types, key_schema, target)
+            self.metrics.outcome = DRY_RUN if req.dry_run else MERGED
+        if self.deletes:
+            self._finish(staging, prefix)
+
+    def _open_staging(self, prefix: Prefix) -> Table | None:
+        """Staging, or None when there is nothing to merge (missing, or merged and half
+        deleted by an earlier run, whose deletion this finishes)."""
+        state = prefix.state()
+        if not state.exists:
+            log.info("nothing to merge: staging does not exist", staging=str(self.req.staging))
+            return None
         if not state.has_delta_log:
             if state.marker is None:
                 raise InvalidInputError(
-                    f"staging {req.staging} is not a Delta table (it has files but no _delta_log/)"
+                    f"staging {self.req.staging} is not a Delta table"
+                    " (it has files but no _delta_log/)"
                 )
             log.info(
                 "an earlier run merged staging but did not finish deleting it",
-                staging=str(req.staging),
+                staging=str(self.req.staging),
                 marker=state.marker,
             )
-            self.metrics.outcome = NOTHING_TO_MERGE
-            self._delete_staging(staging_prefix, None)
-            return
-        staging = self._open(req.staging, "staging")
+            self._delete_staging(prefix, None)
+            return None
+        staging = self._open(self.req.staging, "staging")
         self.metrics.staging_version = staging.version
+        return staging
+
+    def _prepare(
+        self, staging: Table
+    ) -> tuple[list[ReadUnit], dict[str, str], pa.Schema, pa.Schema]:
+        """Every check that can refuse the input, before anything is written; then main
+        (created if missing). Returns staging's read units (none: empty staging), the key
+        types and schema, and the schema rows are written with."""
+        req = self.req
         staging_columns = staging.columns()
         plan.check_keys(staging_columns, req.keys, "staging")
         self.main = self._open_main()
+        required = list(req.keys)
         if self.main is not None:
             required = plan.check_compatible(self.main.columns(), staging_columns, req.keys)
             self.metrics.main_version_before = self.main.version
-        else:
-            required = list(req.keys)
-        units = staging.read_units(req.batch_rows)
-        total = sum(u.rows for u in units)
-        if total == 0:
-            log.info("nothing to merge: staging is empty", staging=str(req.staging))
-            self.metrics.outcome = NOTHING_TO_MERGE
-            if self.deletes:
-                self._finish(staging, staging_prefix)
-            return
+        units = [u for u in staging.read_units(req.batch_rows) if u.rows]
+        staging_schema = staging.arrow_schema()
+        key_types = {k: staging_columns[k].type_name for k in req.keys}
+        key_schema = pa.schema([staging_schema.field(k) for k in req.keys])
+        if not units:
+            return units, key_types, key_schema, staging_schema
         self._refuse_nulls(staging, required)
-        batches = plan.plan_batches([u.rows for u in units], req.batch_rows)
-        self.metrics.batches_planned = len(batches)
         if self.main is None and not req.dry_run:
             partition_by = plan.partition_for_new_main(staging_columns, req.partition_by)
             self.main = Table.create(req.main, self.options, staging, partition_by)
@@ -199,10 +219,20 @@ class _Merge:
                 partition_by=partition_by,
                 version=self.main.version,
             )
-        key_types = {k: staging_columns[k].type_name for k in req.keys}
-        key_schema = pa.schema([staging.arrow_schema().field(k) for k in req.keys])
-        target = self.main.arrow_schema() if self.main else staging.arrow_schema()
-        self.progress.start(len(batches), total)
+        target = self.main.arrow_schema() if self.main else staging_schema
+        return units, key_types, key_schema, target
+
+    def _merge_all(
+        self,
+        staging: Table,
+        units: Sequence[ReadUnit],
+        key_types: dict[str, str],
+        key_schema: pa.Schema,
+        target: pa.Schema,
+    ) -> None:
+        batches = plan.plan_batches([u.rows for u in units], self.req.batch_rows)
+        self.metrics.batches_planned = len(batches)
+        self.progress.start(len(batches), sum(u.rows for u in units))
         for index, batch in enumerate(batches):
             if self.should_stop():
                 self.metrics.outcome = INTERRUPTED
@@ -210,20 +240,19 @@ class _Merge:
                     f"stopped by a signal after {index} of {len(batches)} batches;"
                     " staging is kept, rerun to merge the rest"
                 )
-            batch_units = [units[i] for i in batch]
             result = self._merge_batch(
-                index, len(batches), staging, batch_units, key_types, key_schema, target
+                index,
+                len(batches),
+                staging,
+                [units[i] for i in batch],
+                key_types,
+                key_schema,
+                target,
             )
             self._count(result)
             self.progress.batch_done(result, self.metrics)
         if self.main is not None:
             self.metrics.main_version_after = self.main.version
-        if req.dry_run:
-            self.metrics.outcome = DRY_RUN
-            return
-        self.metrics.outcome = MERGED
-        if self.deletes:
-            self._finish(staging, staging_prefix)
 
     def _open(self, location: Location, role: str) -> Table:
         try:

@@ -71,9 +71,14 @@ def job_state(job: Mapping[str, Any]) -> JobState:
         attempts=attempts,
         failure_reason=(failed or {}).get("reason"),
         failure_message=(failed or {}).get("message"),
-        start_time=status.get("startTime"),
-        completion_time=status.get("completionTime"),
+        start_time=_rfc3339(status.get("startTime")),
+        completion_time=_rfc3339(status.get("completionTime")),
     )
+
+
+def _rfc3339(stamp: str | None) -> str | None:
+    """The client serialises times as +00:00; Kubernetes writes Z. Keep one form."""
+    return stamp.replace("+00:00", "Z") if stamp else stamp
 
 
 def parse_metrics(message: str | None) -> dict[str, Any] | None:

@@ -3,6 +3,8 @@ real `stagingmerge-merge` run by the job runner on real Delta tables."""
 
 from __future__ import annotations
 
+from urllib.request import urlopen
+
 import pytest
 
 from tests.e2e.harness import wait_for
