@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+ORDER = ["stagingmerge", "append", "original"]
 
 
 def main() -> None:
@@ -18,45 +19,40 @@ def main() -> None:
     rows = []
     for record in records:
         by_name = {r["contender"]: r for r in record["results"]}
-        append = by_name.get("append")
-        original = by_name.get("original")
-        for result in record["results"]:
-            vs_append = f"{result['seconds'] / append['seconds']:.2f}x" if append else ""
-            vs_original = (
-                f"{original['seconds'] / result['seconds']:.1f}x faster"
-                if original and result is not original
-                else ""
-            )
-            batch = (
-                f"{result['batches']} x {result['batch_seconds_median']:.2f} s"
-                if result.get("batches")
-                else ""
-            )
+        append, original = by_name.get("append"), by_name.get("original")
+        for r in record["results"]:
+            ours = r["contender"] == "stagingmerge"
             rows.append(
                 (
-                    result["main_rows"],
-                    result["staging_rows"],
-                    result["contender"],
-                    f"{result['seconds']:.2f}",
-                    f"{result['rows_per_second']:,}",
-                    f"{result['peak_rss_mib']:,.0f}",
-                    batch,
-                    vs_append,
-                    vs_original,
+                    r["main_rows"],
+                    r["staging_rows"],
+                    r["batch_rows"] if ours else 0,
+                    r["contender"],
+                    f"{r['seconds']:.2f}",
+                    f"{r['rows_per_second']:,}",
+                    f"{r['peak_rss_mib']:,.0f}",
+                    f"{r['batches']} x {r['batch_seconds_median']:.2f} s"
+                    if r.get("batches")
+                    else "",
+                    f"{r['seconds'] / append['seconds']:.2f}x" if append else "",
+                    f"{original['seconds'] / r['seconds']:.1f}x faster"
+                    if original and r is not original
+                    else "",
                 )
             )
-    rows.sort(key=lambda r: (r[0], r[1], ["stagingmerge", "append", "original"].index(r[2])))
+    rows.sort(key=lambda r: (r[0], r[1], -r[2], ORDER.index(r[3])))
     print(
-        "| main rows | staging rows | contender | seconds | staging rows/s | peak RSS MiB "
-        "| batches x median s | vs append | vs original |"
+        "| main rows | staging rows | --batch-rows | contender | seconds | staging rows/s "
+        "| peak RSS MiB | batches x median | time vs append | vs original |"
     )
-    print("|---:|---:|---|---:|---:|---:|---|---:|---|")
+    print("|---:|---:|---:|---|---:|---:|---:|---|---:|---|")
     for row in rows:
-        print(f"| {row[0]:,} | {row[1]:,} | " + " | ".join(str(c) for c in row[2:]) + " |")
-    machines = {r["machine"] for r in records}
+        batch = f"{row[2]:,}" if row[2] else ""
+        cells = [f"{row[0]:,}", f"{row[1]:,}", batch, *map(str, row[3:])]
+        print("| " + " | ".join(cells) + " |")
+    machines = sorted({r["machine"] for r in records})
     print(
-        f"\nMachine: {'; '.join(sorted(machines))}. "
-        f"Median of {records[0]['results'][0].get('runs', 1)} runs (original: 1 run)."
+        f"\nMachine: {'; '.join(machines)}. Each figure is the median of 3 runs (original: 1 run)."
     )
 
 

@@ -34,13 +34,12 @@ def test_success_puts_conditions_and_metrics_on_the_resource(kubectl, operator, 
     }
     assert len(key_list(main)) == 8 and not staging.exists()
     assert [j["metadata"]["name"] for j in kubectl.jobs()] == ["backfill-g1"]
-    reasons = wait_for(
-        lambda: (
-            {e["reason"] for e in kubectl.events("backfill")} >= {"Started", "Merged"}
-            and {e["reason"] for e in kubectl.events("backfill")}
-        )
-    )
-    assert "Merged" in reasons
+    wait_for(lambda: {e["reason"] for e in kubectl.events("backfill")} >= {"Started", "Merged"})
+    exposition = urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics").read().decode()
+    assert "stagingmerge_merges_started_total 1.0" in exposition
+    assert "stagingmerge_merges_succeeded_total 1.0" in exposition
+    assert "stagingmerge_rows_inserted_total 3.0" in exposition
+    assert urlopen(f"http://127.0.0.1:{operator.liveness_port}/healthz").status == 200
 
 
 def slow_tables(tmp_path, files: int = 40):
