@@ -76,3 +76,26 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120)
     )
     metrics = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.stdout.strip() else {}
     return CliResult(proc.returncode, proc.stdout, proc.stderr, metrics)
+
+
+def expected_union(main_rows: pa.Table, staging_rows: pa.Table) -> pa.Table:
+    """What main must hold after a merge: its rows, plus the first staging copy of every
+    key it lacks; columns sorted by name, rows by key (as `rows()` reads them)."""
+    have = set(
+        zip(main_rows["source_url"].to_pylist(), main_rows["cert_index"].to_pylist(), strict=True)
+    )
+    keep = []
+    for i, key in enumerate(
+        zip(
+            staging_rows["source_url"].to_pylist(),
+            staging_rows["cert_index"].to_pylist(),
+            strict=True,
+        )
+    ):
+        if key not in have:
+            have.add(key)
+            keep.append(i)
+    table = pa.concat_tables([main_rows, staging_rows.take(keep)])
+    return table.select(sorted(table.column_names)).sort_by(
+        [("source_url", "ascending"), ("cert_index", "ascending")]
+    )

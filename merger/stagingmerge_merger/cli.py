@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import signal
 import sys
@@ -192,8 +193,11 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 
 def _report(metrics: MergeMetrics, path: Path | None) -> None:
-    log.info("merge finished", **{k: v for k, v in vars(metrics).items() if k != "error"})
-    sys.stdout.write(metrics.to_json() + "\n")
+    line = metrics.to_json()
+    fields = json.loads(line)
+    fields.pop("error")  # already logged, as the error line
+    log.info("merge finished", **fields)
+    sys.stdout.write(line + "\n")
     if path is not None:
         try:
             write_metrics(path, metrics)

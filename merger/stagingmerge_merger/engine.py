@@ -251,6 +251,7 @@ class _Merge:
             )
             self._count(result)
             self.progress.batch_done(result, self.metrics)
+        self.progress.close()  # before the clean-up logs; run_merge closes it again, harmlessly
         if self.main is not None:
             self.metrics.main_version_after = self.main.version
 

@@ -93,27 +93,30 @@ class Kube:
         )
 
     def list_merges(self, namespaces: Iterable[str]) -> list[dict[str, Any]]:
+        return self._list(
+            namespaces,
+            lambda: self._custom.list_cluster_custom_object(
+                GROUP, VERSION, PLURAL, _request_timeout=self._timeout
+            ),
+            lambda ns: self._custom.list_namespaced_custom_object(
+                GROUP, VERSION, ns, PLURAL, _request_timeout=self._timeout
+            ),
+        )
+
+    def _list(
+        self,
+        namespaces: Iterable[str],
+        everywhere: Callable[[], Any],
+        in_namespace: Callable[[str], Any],
+    ) -> list[dict[str, Any]]:
+        """Items from every namespace (no namespaces given) or from each one listed."""
         scopes = list(namespaces)
-        if not scopes:
-            result = _retrying(
-                lambda: self._custom.list_cluster_custom_object(
-                    GROUP, VERSION, PLURAL, _request_timeout=self._timeout
-                )
-            )
-            return list(result.get("items", []))
+        calls = (
+            [everywhere] if not scopes else [functools.partial(in_namespace, ns) for ns in scopes]
+        )
         items: list[dict[str, Any]] = []
-        for ns in scopes:
-            result = _retrying(
-                functools.partial(
-                    self._custom.list_namespaced_custom_object,
-                    GROUP,
-                    VERSION,
-                    ns,
-                    PLURAL,
-                    _request_timeout=self._timeout,
-                )
-            )
-            items += result.get("items", [])
+        for call in calls:
+            items += self._plain(_retrying(call)).get("items", [])
         return items
 
     def patch_merge_status(self, merge: Mapping[str, Any], status: Mapping[str, Any]) -> None:
@@ -162,26 +165,15 @@ class Kube:
         return None if job is None else self._plain(job)
 
     def list_jobs(self, namespaces: Iterable[str], selector: str) -> list[dict[str, Any]]:
-        scopes = list(namespaces)
-        if not scopes:
-            result = _retrying(
-                lambda: self._batch.list_job_for_all_namespaces(
-                    label_selector=selector, _request_timeout=self._timeout
-                )
-            )
-            return list(self._plain(result).get("items", []))
-        items: list[dict[str, Any]] = []
-        for ns in scopes:
-            result = _retrying(
-                functools.partial(
-                    self._batch.list_namespaced_job,
-                    ns,
-                    label_selector=selector,
-                    _request_timeout=self._timeout,
-                )
-            )
-            items += self._plain(result).get("items", [])
-        return items
+        return self._list(
+            namespaces,
+            lambda: self._batch.list_job_for_all_namespaces(
+                label_selector=selector, _request_timeout=self._timeout
+            ),
+            lambda ns: self._batch.list_namespaced_job(
+                ns, label_selector=selector, _request_timeout=self._timeout
+            ),
+        )
 
     def termination_message(
         self, namespace: str, job_name: str, container: str, succeeded: bool

@@ -18,7 +18,7 @@ from stagingmerge_merger.errors import (
 )
 from stagingmerge_merger.metrics import MergeMetrics
 from stagingmerge_merger.storage import parse_location
-from tests.helpers import ct, key_list, rows, version, write
+from tests.helpers import ct, expected_union, key_list, rows, version, write
 
 
 def merge(main: Path, staging: Path, **kwargs) -> MergeMetrics:
@@ -32,31 +32,6 @@ def merge_with(main: Path, staging: Path, metrics: MergeMetrics, **kwargs) -> Me
         main=parse_location(str(main)), staging=parse_location(str(staging)), **kwargs
     )
     return run_merge(request, metrics, should_stop=stop, progress=progress)
-
-
-def expected_union(main_table: pa.Table, staging_table: pa.Table) -> pa.Table:
-    """What main must hold: its rows, plus the first staging copy of every key it lacks."""
-    have = set(
-        zip(main_table["source_url"].to_pylist(), main_table["cert_index"].to_pylist(), strict=True)
-    )
-    keep = []
-    for i, key in enumerate(
-        zip(
-            staging_table["source_url"].to_pylist(),
-            staging_table["cert_index"].to_pylist(),
-            strict=True,
-        )
-    ):
-        if key not in have:
-            have.add(key)
-            keep.append(i)
-    return pa.concat_tables([main_table, staging_table.take(keep)])
-
-
-def sort(table: pa.Table) -> pa.Table:
-    return table.select(sorted(table.column_names)).sort_by(
-        [("source_url", "ascending"), ("cert_index", "ascending")]
-    )
 
 
 class TestInsertAndSkip:
@@ -76,7 +51,7 @@ class TestInsertAndSkip:
             m.skipped_existing,
             m.skipped_duplicates,
         ) == ("merged", 13, 8, 5, 0)
-        assert rows(main).equals(sort(expected_union(main_rows, staging_rows)))
+        assert rows(main).equals(expected_union(main_rows, staging_rows))
         assert (m.main_version_before, m.main_version_after) == (0, 1)
         assert m.staging_deleted and not staging.exists()
 

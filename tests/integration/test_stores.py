@@ -10,33 +10,12 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
-from tests.helpers import ct, run_cli
+from tests.helpers import ct, expected_union, run_cli
 from tests.s3 import SECRET_KEY
 
 
 def merge(store, *args: str, main: str = "main", staging: str = "staging"):
     return run_cli("--main", store.uri(main), "--staging", store.uri(staging), *args, env=store.env)
-
-
-def expected(main_rows: pa.Table, staging_rows: pa.Table) -> pa.Table:
-    have = set(
-        zip(main_rows["source_url"].to_pylist(), main_rows["cert_index"].to_pylist(), strict=True)
-    )
-    keep = []
-    for i, key in enumerate(
-        zip(
-            staging_rows["source_url"].to_pylist(),
-            staging_rows["cert_index"].to_pylist(),
-            strict=True,
-        )
-    ):
-        if key not in have:
-            have.add(key)
-            keep.append(i)
-    table = pa.concat_tables([main_rows, staging_rows.take(keep)])
-    return table.select(sorted(table.column_names)).sort_by(
-        [("source_url", "ascending"), ("cert_index", "ascending")]
-    )
 
 
 def test_inserts_skips_and_deduplicates(store):
@@ -52,7 +31,7 @@ def test_inserts_skips_and_deduplicates(store):
     assert result.code == 0, result.stderr
     m = result.metrics
     assert (m["inserted"], m["skipped_existing"], m["skipped_duplicates"]) == (3, 1, 2)
-    assert store.rows("main").equals(expected(main_rows, pa.concat_tables([first, later])))
+    assert store.rows("main").equals(expected_union(main_rows, pa.concat_tables([first, later])))
     assert m["staging_deleted"] and not store.exists("staging")
 
 
