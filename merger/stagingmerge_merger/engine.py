@@ -42,6 +42,7 @@ from .storage import Location, Prefix, check_deletable, redact_options
 log = structlog.get_logger("stagingmerge.merge")
 
 MAX_COMMIT_ATTEMPTS = 5
+REPAIR_ATTEMPTS = 10  # a leftover duplicate is worse than a slow batch
 REPAIR_CHUNK = 500  # keys per rewrite predicate when repairing concurrent duplicates
 
 
@@ -127,7 +128,7 @@ class _Merge:
         self.main: Table | None = None
         self.main_before: Table | None = None  # main as the run found it, opened lazily
         self.inserted_ranges: list[plan.KeyRange] = []
-        self.pending_keys: list[pa.Table] = []  # dry run: keys it would have inserted
+        self.pending_keys: pa.Table | None = None  # dry run: keys it would have inserted
 
     # --- the run ---------------------------------------------------------------------
 
@@ -384,11 +385,15 @@ class _Merge:
     def _dry_run_filter(self, new: pa.Table, earlier: int) -> tuple[pa.Table, int]:
         """A dry run commits nothing, so it remembers the keys it would have inserted."""
         names = self.req.keys
-        for seen in self.pending_keys:
+        if self.pending_keys is not None:
             before = new.num_rows
-            new = keysets.anti_join(new, seen, names)
+            new = keysets.anti_join(new, self.pending_keys, names)
             earlier += before - new.num_rows
-        self.pending_keys.append(new.select(list(names)))
+            self.pending_keys = pa.concat_tables(
+                [self.pending_keys, new.select(list(names)).cast(self.pending_keys.schema)]
+            )
+        else:
+            self.pending_keys = new.select(list(names))
         return new, earlier
 
     def _repair(
@@ -420,7 +425,7 @@ class _Merge:
             theirs = _one_per_key(
                 keysets.conform(earlier.scan(None, where), self.main.arrow_schema()), names
             )
-            for attempt in range(1, MAX_COMMIT_ATTEMPTS + 1):
+            for attempt in range(1, REPAIR_ATTEMPTS + 1):
                 try:
                     self.main.replace(
                         theirs,
@@ -429,9 +434,12 @@ class _Merge:
                     )
                     break
                 except CommitConflictError:
+                    # Delta sees a conflict whenever a concurrent commit may hold these keys;
+                    # the rewrite is idempotent, so try again after the other writer.
                     self.metrics.commit_retries += 1
-                    if attempt == MAX_COMMIT_ATTEMPTS:
+                    if attempt == REPAIR_ATTEMPTS:
                         raise
+                    time.sleep(min(5.0, 0.2 * 2**attempt))
         log.warning(
             "removed duplicates left by a concurrent writer",
             main=str(self.req.main),

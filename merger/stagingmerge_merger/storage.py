@@ -77,12 +77,6 @@ class Location:
     def overlaps(self, other: Location) -> bool:
         return self.contains(other) or other.contains(self)
 
-    def child(self, name: str) -> Location:
-        if self.is_local:
-            return Location(self.kind, "", str(Path(self.path) / name), str(Path(self.path) / name))
-        path = f"{self.path}/{name}" if self.path else name
-        return Location(self.kind, self.container, path, f"{self.uri.rstrip('/')}/{name}")
-
     def __str__(self) -> str:
         return self.uri
 

@@ -7,12 +7,13 @@ the status with an optimistic-concurrency precondition. Every handler (create,
 resume, update, the queue timer, Job events) calls it; they can race safely.
 
 Run policy (`spec.runPolicy`):
-- `Once` (default): one run per StagingMerge. Spec changes after the Job was
-  created are acknowledged (observedGeneration moves on) but never re-run, so a
-  GitOps re-sync cannot re-merge a finished backfill.
+- `Once` (default): one successful run per StagingMerge. Spec changes after the
+  Job was created are acknowledged (observedGeneration moves on) but never re-run
+  a merge that succeeded, so a GitOps re-sync cannot re-merge a finished backfill.
 - `OnSpecChange`: a spec change after the run finished starts a new run for the
   new generation (Job `<name>-g<generation>`).
-A StagingMerge whose spec was invalid runs as soon as a corrected spec arrives.
+Under either policy, a spec change after a failed run (or an invalid spec) starts
+a new run: changing the spec is how a user retries after fixing the cause.
 """
 
 from __future__ import annotations
@@ -77,17 +78,10 @@ class Reconciler:
             return
         if running:
             self._follow(merge, spec)
-        elif self._wants_run(status, spec, generation):
+        elif wants_run(status, spec.run_policy, generation):
             self._start(merge, spec)
         else:
             self._acknowledge(merge, generation)
-
-    @staticmethod
-    def _wants_run(status: Mapping[str, Any], spec: MergeSpec, generation: int) -> bool:
-        run_generation = status.get("runGeneration")
-        if run_generation is None:
-            return True
-        return spec.run_policy == RUN_ON_SPEC_CHANGE and generation > int(run_generation)
 
     def _start(self, merge: dict[str, Any], spec: MergeSpec) -> None:
         meta = merge["metadata"]
@@ -306,6 +300,16 @@ class Reconciler:
                 self.reconcile(om["namespace"], om["name"])
             except Exception:  # the queue timer will try again
                 log.exception("could not start queued %s/%s", om["namespace"], om["name"])
+
+
+def wants_run(status: Mapping[str, Any], run_policy: str, generation: int) -> bool:
+    """Whether this generation needs a run of its own (see the module docstring)."""
+    run_generation = status.get("runGeneration")
+    if run_generation is None:
+        return True  # never ran (new, queued, suspended, or its spec was invalid)
+    if generation <= int(run_generation):
+        return False
+    return run_policy == RUN_ON_SPEC_CHANGE or status.get("phase") == c.FAILED
 
 
 def _same_conditions(old: list[Mapping[str, Any]], new: list[Mapping[str, Any]]) -> bool:

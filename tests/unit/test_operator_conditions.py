@@ -166,3 +166,14 @@ def test_progress_column():
     done = c.Outcome("Succeeded", "Merged", "m")
     assert c.progress(done, None, {"batches": 3, "batches_planned": 3}) == "3/3 batches"
     assert c.progress(c.Outcome("Queued", "Queued", "m"), None, None) == "queued"
+
+
+def test_which_generations_run():
+    from stagingmerge_operator.reconcile import wants_run
+
+    assert wants_run({}, "Once", 1)  # never ran
+    assert not wants_run({"runGeneration": 1, "phase": "Succeeded"}, "Once", 2)
+    assert wants_run({"runGeneration": 1, "phase": "Succeeded"}, "OnSpecChange", 2)
+    assert not wants_run({"runGeneration": 2, "phase": "Succeeded"}, "OnSpecChange", 2)
+    assert wants_run({"runGeneration": 1, "phase": "Failed"}, "Once", 2)  # a retry by edit
+    assert not wants_run({"runGeneration": 1, "phase": "Failed"}, "Once", 1)
