@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,6 +62,33 @@ class CliResult:
             for line in self.stderr.splitlines()
             if line.startswith("{") and json.loads(line).get("level") == "error"
         ]
+
+
+def run_cli_after_first_batch(
+    *args: str,
+    then: Callable[[subprocess.Popen[str]], object],
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+) -> CliResult:
+    """Run the real CLI; as soon as its first batch has committed, call `then(process)`
+    (send a signal, stop the store, write to staging...); return how the run ended."""
+    proc = subprocess.Popen(
+        [CLI, "--log-format", "json", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+    assert proc.stderr is not None
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if '"batch done"' in line:
+            then(proc)
+            break
+    out, err = proc.communicate(timeout=timeout)
+    metrics = json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
+    return CliResult(proc.returncode, out, "".join(seen) + err, metrics)
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> CliResult:

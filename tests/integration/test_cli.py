@@ -9,7 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.helpers import CLI, ct, key_list, rows, run_cli, write
+from tests.helpers import CLI, ct, key_list, rows, run_cli, run_cli_after_first_batch, write
 
 METRIC_KEYS = {
     "staging_rows",
@@ -120,31 +120,18 @@ def test_sigterm_stops_after_a_committed_batch_and_a_rerun_finishes(tmp_path):
         == 0
     )
     main, staging = build("signal")
-    proc = subprocess.Popen(
-        [
-            CLI,
-            "--main",
-            str(main),
-            "--staging",
-            str(staging),
-            "--batch-rows",
-            "20",
-            "--log-format",
-            "json",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    result = run_cli_after_first_batch(
+        "--main",
+        str(main),
+        "--staging",
+        str(staging),
+        "--batch-rows",
+        "20",
+        then=lambda proc: proc.send_signal(signal.SIGTERM),
     )
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        if '"batch done"' in line:
-            proc.send_signal(signal.SIGTERM)
-            break
-    out, err = proc.communicate(timeout=60)
-    metrics = json.loads(out.strip().splitlines()[-1])
+    metrics = result.metrics
 
-    assert proc.returncode == 1, err
+    assert result.code == 1, result.stderr
     assert metrics["outcome"] == "interrupted" and 1 <= metrics["batches"] < 40
     assert staging.exists()
     keys = key_list(main)

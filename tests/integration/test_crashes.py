@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 import pytest
 from deltalake import DeltaTable
 
-from tests.helpers import CLI, ct, run_cli, write
+from tests.helpers import CLI, ct, run_cli, run_cli_after_first_batch, write
 
 ARGS = ("--batch-rows", "20")
 
@@ -137,20 +137,16 @@ def test_killed_at_random_moments_until_done(tmp_path):
 
 def test_staging_written_during_the_merge_is_kept_and_rerun_merges_the_rest(tmp_path):
     main, staging = build(tmp_path)
-    proc = subprocess.Popen(
-        [CLI, "--main", str(main), "--staging", str(staging), *ARGS, "--log-format", "json"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    result = run_cli_after_first_batch(
+        "--main",
+        str(main),
+        "--staging",
+        str(staging),
+        *ARGS,
+        then=lambda _: write(staging, ct([5] * 3, [1, 2, 3], seed=7)),  # a backfill still writing
     )
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        if '"batch done"' in line:
-            write(staging, ct([5] * 3, [1, 2, 3], seed=7))  # a backfill still writing
-            break
-    out, _ = proc.communicate(timeout=60)
-    metrics = json.loads(out.strip().splitlines()[-1])
-    assert proc.returncode == 1 and metrics["outcome"] == "staging_changed"
+    metrics = result.metrics
+    assert result.code == 1 and metrics["outcome"] == "staging_changed"
     assert "changed during the merge" in metrics["error"]
     assert (staging / "_delta_log").exists()
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
@@ -11,7 +10,7 @@ import time
 
 import pytest
 
-from tests.helpers import CLI, ct, run_cli
+from tests.helpers import ct, run_cli, run_cli_after_first_batch
 from tests.s3 import ACCESS_KEY, SECRET_KEY, MotoS3
 from tests.stores import Store
 
@@ -30,31 +29,18 @@ def test_store_outage_mid_merge_exits_1_keeps_staging_and_a_rerun_completes(buck
                 "staging", ct([0, 1] * 5, [part * 5 + i // 2 for i in range(10)], seed=part)
             )
         staging_objects = store.objects("staging")
-        proc = subprocess.Popen(
-            [
-                CLI,
-                "--main",
-                store.uri("main"),
-                "--staging",
-                store.uri("staging"),
-                "--batch-rows",
-                "10",
-                "--log-format",
-                "json",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, **server.options},
+        result = run_cli_after_first_batch(
+            "--main",
+            store.uri("main"),
+            "--staging",
+            store.uri("staging"),
+            "--batch-rows",
+            "10",
+            then=lambda _: server.stop(),
+            env=server.options,
         )
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            if '"batch done"' in line:
-                server.stop()
-                break
-        out, err = proc.communicate(timeout=120)
-        metrics = json.loads(out.strip().splitlines()[-1])
-        assert proc.returncode == 1, err
+        metrics = result.metrics
+        assert result.code == 1, result.stderr
         assert metrics["outcome"] == "failed" and "Connection refused" in metrics["error"]
         assert metrics["batches"] < 30
 
