@@ -76,7 +76,7 @@ def parse_spec(spec: Mapping[str, Any]) -> MergeSpec:
         main_uri=main_uri,
         staging_uri=staging_uri,
         keys=keys,
-        batch_rows=_positive(spec, "batchRows", DEFAULT_BATCH_ROWS),
+        batch_rows=_integer_or(spec, "batchRows", 1, DEFAULT_BATCH_ROWS),
         delete_staging=bool(spec.get("deleteStaging", True)),
         dry_run=bool(spec.get("dryRun", False)),
         storage_secret=secret.get("name") or None,
@@ -85,9 +85,9 @@ def parse_spec(spec: Mapping[str, Any]) -> MergeSpec:
         image=spec.get("image") or None,
         resources=dict(spec.get("resources") or {}),
         service_account=spec.get("serviceAccountName") or None,
-        backoff_limit=_non_negative(spec, "backoffLimit", DEFAULT_BACKOFF_LIMIT),
-        active_deadline_seconds=_optional_positive(spec, "activeDeadlineSeconds"),
-        ttl_seconds_after_finished=_optional_non_negative(spec, "ttlSecondsAfterFinished"),
+        backoff_limit=_integer_or(spec, "backoffLimit", 0, DEFAULT_BACKOFF_LIMIT),
+        active_deadline_seconds=_integer(spec, "activeDeadlineSeconds", 1),
+        ttl_seconds_after_finished=_integer(spec, "ttlSecondsAfterFinished", 0),
         suspend=bool(spec.get("suspend", False)),
         node_selector=dict(spec.get("nodeSelector") or {}),
         tolerations=tuple(spec.get("tolerations") or ()),
@@ -103,34 +103,19 @@ def _uri(spec: Mapping[str, Any], name: str) -> str:
     return value.strip()
 
 
-def _integer(spec: Mapping[str, Any], name: str) -> int | None:
+def _integer(spec: Mapping[str, Any], name: str, minimum: int) -> int | None:
+    """spec[name] as a whole number of at least `minimum` (0 or 1), or None when absent."""
     value = spec.get(name)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidSpecError(f"spec.{name} must be a whole number, got {value!r}")
+    if value < minimum:
+        rule = "must be positive" if minimum > 0 else "must not be negative"
+        raise InvalidSpecError(f"spec.{name} {rule}, got {value}")
     return value
 
 
-def _positive(spec: Mapping[str, Any], name: str, default: int) -> int:
-    value = _optional_positive(spec, name)
+def _integer_or(spec: Mapping[str, Any], name: str, minimum: int, default: int) -> int:
+    value = _integer(spec, name, minimum)
     return default if value is None else value
-
-
-def _optional_positive(spec: Mapping[str, Any], name: str) -> int | None:
-    value = _integer(spec, name)
-    if value is not None and value <= 0:
-        raise InvalidSpecError(f"spec.{name} must be positive, got {value}")
-    return value
-
-
-def _non_negative(spec: Mapping[str, Any], name: str, default: int) -> int:
-    value = _optional_non_negative(spec, name)
-    return default if value is None else value
-
-
-def _optional_non_negative(spec: Mapping[str, Any], name: str) -> int | None:
-    value = _integer(spec, name)
-    if value is not None and value < 0:
-        raise InvalidSpecError(f"spec.{name} must not be negative, got {value}")
-    return value
