@@ -14,6 +14,7 @@ from typing import Any
 import pyarrow as pa
 from deltalake import DeltaTable, write_deltalake
 
+from stagingmerge_merger.keysets import row_fingerprints
 from stagingmerge_merger.sample import ct_table
 
 CLI = str(Path(sys.executable).with_name("stagingmerge-merge"))
@@ -30,9 +31,20 @@ def write(path: Path | str, table: pa.Table, **kwargs: Any) -> Path:
     return Path(path)
 
 
+def read(table: DeltaTable, columns: Sequence[str] | None = None) -> pa.Table:
+    """A table's rows through delta-rs's own scan (column mapping, deletion vectors and
+    partition values as the log says), with the table's Arrow types."""
+    schema = pa.schema(
+        [pa.field(f.name, f.type, f.nullable) for f in pa.schema(table.schema().to_arrow())]
+    )
+    if columns:
+        schema = pa.schema([schema.field(c) for c in columns])
+    return pa.table(table.scan(columns=schema.names)).select(schema.names).cast(schema)
+
+
 def rows(path: Path | str, version: int | None = None) -> pa.Table:
     """Every row of a table, sorted by key, for exact comparisons."""
-    table = DeltaTable(str(path), version=version).to_pyarrow_table()
+    table = read(DeltaTable(str(path), version=version))
     if "seen_date" in table.column_names:
         table = table.select(sorted(table.column_names))
     keys = [k for k in KEYS if k in table.column_names] or table.column_names[:1]
@@ -40,7 +52,7 @@ def rows(path: Path | str, version: int | None = None) -> pa.Table:
 
 
 def key_list(path: Path | str) -> list[tuple[Any, ...]]:
-    table = DeltaTable(str(path)).to_pyarrow_table(columns=KEYS)
+    table = read(DeltaTable(str(path)), KEYS)
     return sorted(zip(*(table[k].to_pylist() for k in KEYS), strict=True))
 
 
@@ -105,23 +117,31 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120)
     return CliResult(proc.returncode, proc.stdout, proc.stderr, metrics)
 
 
-def expected_union(main_rows: pa.Table, staging_rows: pa.Table) -> pa.Table:
-    """What main must hold after a merge: its rows, plus the first staging copy of every
+def winners(
+    staging_rows: pa.Table, keys: Sequence[str] = KEYS, first_by: Sequence[str] = ()
+) -> dict[tuple[Any, ...], int]:
+    """The README's rule, row by row in Python: for each key, the index of the copy with
+    the smallest `first_by` values (NULLs last), then the smallest fingerprint."""
+    prints = row_fingerprints(staging_rows)
+    best: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+    chosen: dict[tuple[Any, ...], int] = {}
+    for i, row in enumerate(staging_rows.to_pylist()):
+        key = tuple(row[k] for k in keys)
+        rank = (*((row[c] is None, row[c]) for c in first_by), prints[i])
+        if key not in best or rank < best[key]:
+            best[key], chosen[key] = rank, i
+    return chosen
+
+
+def expected_union(
+    main_rows: pa.Table, staging_rows: pa.Table, first_by: Sequence[str] = ()
+) -> pa.Table:
+    """What main must hold after a merge: its rows, plus the winning staging copy of every
     key it lacks; columns sorted by name, rows by key (as `rows()` reads them)."""
     have = set(
         zip(main_rows["source_url"].to_pylist(), main_rows["cert_index"].to_pylist(), strict=True)
     )
-    keep = []
-    for i, key in enumerate(
-        zip(
-            staging_rows["source_url"].to_pylist(),
-            staging_rows["cert_index"].to_pylist(),
-            strict=True,
-        )
-    ):
-        if key not in have:
-            have.add(key)
-            keep.append(i)
+    keep = sorted(i for key, i in winners(staging_rows, KEYS, first_by).items() if key not in have)
     table = pa.concat_tables([main_rows, staging_rows.take(keep)])
     return table.select(sorted(table.column_names)).sort_by(
         [("source_url", "ascending"), ("cert_index", "ascending")]

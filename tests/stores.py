@@ -36,13 +36,17 @@ class Store:
         return DeltaTable(self.uri(name), storage_options=self.options or None)
 
     def rows(self, name: str) -> pa.Table:
-        table = self.table(name).to_pyarrow_table()
+        from tests.helpers import read
+
+        table = read(self.table(name))
         return table.select(sorted(table.column_names)).sort_by(
             [(k, "ascending") for k in KEYS if k in table.column_names]
         )
 
     def keys(self, name: str) -> list[tuple[Any, ...]]:
-        table = self.table(name).to_pyarrow_table(columns=KEYS)
+        from tests.helpers import read
+
+        table = read(self.table(name), KEYS)
         return sorted(zip(*(table[k].to_pylist() for k in KEYS), strict=True))
 
     def objects(self, name: str) -> list[str]:

@@ -104,6 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="partition columns when main has to be created (default: seen_date if staging has it)",
     )
     p.add_argument(
+        "--first-by",
+        default="",
+        metavar="COL[,COL...]",
+        help="when staging holds a key more than once, insert the copy with the smallest "
+        "values of these columns (e.g. seen); ties, and the default, go by row fingerprint",
+    )
+    p.add_argument(
         "--log-format",
         choices=("auto", "json", "text"),
         default="auto",
@@ -122,8 +129,9 @@ def request_from_args(args: argparse.Namespace) -> MergeRequest:
         keep_staging=args.keep_staging,
         dry_run=args.dry_run,
         storage_options=parse_storage_options(args.storage_option),
-        partition_by=tuple(c.strip() for c in args.partition_by.split(",") if c.strip()),
+        partition_by=plan.parse_columns(args.partition_by, "--partition-by"),
         allowed_prefixes=tuple(allowed_prefixes()),
+        first_by=plan.parse_columns(args.first_by, "--first-by"),
     )
 
 

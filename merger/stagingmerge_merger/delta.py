@@ -1,24 +1,30 @@
-"""The only module that uses deltalake: open, scan, read staging in order, append, replace.
+"""The only module that uses deltalake: open, scan, query, append, replace.
 
-Staging is read through a pyarrow dataset, one data file (or row group) at a
-time in a fixed order, so that "the first copy of a key wins" means the same
-thing on every run. Main is only ever scanned for its key columns, through
-delta-rs's own engine (which prunes files and row groups with the predicate and
-understands deletion vectors and column mapping).
+Both tables are read only through delta-rs's own engine (`DeltaTable.scan` and
+`QueryBuilder`), which implements the Delta protocol: column mapping (name and
+id), partition values as the log encodes them (escaping, `''` and NULL),
+deletion vectors, checkpoints (v1 and v2) and every reader feature delta-rs
+supports. A table delta-rs cannot read is refused (exit 2) the moment it is
+opened or first scanned, which is before anything is written. Nothing here
+reads a data file directly.
 """
 
 from __future__ import annotations
 
-import bisect
 import contextlib
+import queue
+import threading
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote
 
 import pyarrow as pa
-import pyarrow.dataset as pads
-from deltalake import CommitProperties, DeltaTable, WriterProperties, write_deltalake
+from deltalake import (
+    CommitProperties,
+    DeltaTable,
+    QueryBuilder,
+    WriterProperties,
+    write_deltalake,
+)
 from deltalake import __version__ as deltalake_version
 from deltalake.exceptions import (
     CommitFailedError,
@@ -32,42 +38,106 @@ from .errors import InvalidInputError, MergeError, StorageError
 from .plan import Column, columns_of
 from .storage import Location, looks_like_auth_error, one_line, scrub
 
-_ACTION_COLUMNS = ("path", "modification_time", "num_records")
-
-
-def _subset(units: Sequence[ReadUnit]) -> pads.FileSystemDataset:
-    """A dataset of just these units, scanned in their order."""
-    parent = units[0].dataset
-    return pads.FileSystemDataset(
-        [u.fragment for u in units], parent.schema, parent.format, parent.filesystem
-    )
-
-
-FULL_ROW_BATCH = 8192  # whole rows per record batch streamed to the writer (~18 MB of CT rows)
-# Whole rows are read page by page rather than a row group at a time, so a staging
-# file written with one huge row group does not have to fit in memory.
-_STREAMING_READ = pads.ParquetFragmentScanOptions(
-    pre_buffer=False, use_buffered_stream=True, buffer_size=1 << 20
-)
 # Row groups of 16 K rows (~35 MB of CT rows): parquet-rs buffers a whole row group
 # in Arrow form before encoding it, so this bounds the writer's memory too.
 WRITER_PROPERTIES = WriterProperties(max_row_group_size=16_384, compression="SNAPPY")
+QUERY_TABLE = "t"  # the name a table has in the SQL of Table.query
 
-__all__ = ["CommitConflictError", "ReadUnit", "Table", "TableNotFoundError"]
+__all__ = ["CommitConflictError", "Table", "TableNotFoundError", "plain_schema"]
+
+
+def plain_schema(schema: pa.Schema) -> pa.Schema:
+    """`schema` without field metadata (column-mapping ids, generation expressions): the
+    shape rows are cast to and written with; delta-rs maps names to physical columns."""
+    return pa.schema([pa.field(f.name, _plain_type(f.type), f.nullable) for f in schema])
+
+
+def _plain_type(kind: pa.DataType) -> pa.DataType:
+    if pa.types.is_struct(kind):
+        return pa.struct([pa.field(f.name, _plain_type(f.type), f.nullable) for f in kind])
+    if pa.types.is_large_list(kind):
+        item = kind.value_field
+        return pa.large_list(pa.field(item.name, _plain_type(item.type), item.nullable))
+    if pa.types.is_list(kind):
+        item = kind.value_field
+        return pa.list_(pa.field(item.name, _plain_type(item.type), item.nullable))
+    if pa.types.is_map(kind):
+        return pa.map_(
+            pa.field(kind.key_field.name, _plain_type(kind.key_type), False),
+            pa.field(kind.item_field.name, _plain_type(kind.item_type), kind.item_field.nullable),
+        )
+    return kind
+
+
+class _Handoff:
+    """Rows for a delta-rs writer, produced on a thread of their own.
+
+    delta-rs's writer pulls its input from one of its runtime's threads, and a delta-rs
+    scan cannot be driven from there ("Cannot start a runtime from within a runtime").
+    So the rows (which come from a scan) are produced by a plain thread and handed over
+    through a bounded queue: still a stream, `depth` record batches ahead at most.
+    An error of the producer is kept and raised in place of the writer's.
+    """
+
+    _END = object()
+
+    def __init__(self, batches: Iterator[pa.RecordBatch], depth: int = 4) -> None:
+        self._batches = batches
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._produce, name="rows", daemon=True)
+        self._thread.start()
+
+    def _produce(self) -> None:
+        try:
+            for batch in self._batches:
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(batch, timeout=0.5)
+                        break
+                    except queue.Full:
+                        continue
+                if self._stop.is_set():
+                    return
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            self.error = exc
+        finally:
+            with contextlib.suppress(queue.Full):
+                self._queue.put(self._END, timeout=5)
+
+    def __iter__(self) -> Iterator[pa.RecordBatch]:
+        while True:
+            item = self._queue.get()
+            if item is self._END:
+                if self.error is not None:
+                    raise RuntimeError("the rows could not be read") from self.error
+                return
+            yield item
+
+    def close(self) -> None:
+        """Stop the producer (the writer failed or is done) and wait for it."""
+        self._stop.set()
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self._queue.get_nowait()
+        self._thread.join(timeout=30)
+
+    @contextlib.contextmanager
+    def feeding(self) -> Iterator[None]:
+        """Run the writer; whatever it raises, the producer's own error comes first."""
+        try:
+            yield
+        except BaseException:
+            self.close()
+            if self.error is not None:
+                raise self.error from None
+            raise
+        self.close()
 
 
 class CommitConflictError(MergeError):
     """Another writer's commit conflicts with ours (delta-rs gave up its own retries)."""
-
-
-@dataclass(frozen=True)
-class ReadUnit:
-    """One staging data file, or one row group of a large one, with its row count."""
-
-    fragment: Any  # pyarrow.dataset.ParquetFileFragment
-    rows: int
-    path: str
-    dataset: Any  # the staging pyarrow dataset it belongs to (schema, format, file system)
 
 
 class Table:
@@ -94,21 +164,26 @@ class Table:
         cls,
         location: Location,
         options: Mapping[str, str],
-        like: Table,
+        batches: Iterator[pa.RecordBatch],
+        schema: pa.Schema,
         partition_by: Sequence[str],
+        metadata: Mapping[str, str],
     ) -> Table:
-        with translate_errors(location, options, "create"):
-            dt = DeltaTable.create(
+        """Create the table with its first rows, in one commit (version 0): a table is
+        never left created but empty, and a refused create writes no log."""
+        handoff = _Handoff(batches)
+        reader = pa.RecordBatchReader.from_batches(schema, iter(handoff))
+        with handoff.feeding(), translate_errors(location, options, "create"):
+            write_deltalake(
                 location.uri,
-                schema=like._dt.schema(),
+                reader,
+                mode="error",
                 partition_by=list(partition_by) or None,
                 storage_options=dict(options) or None,
-                mode="error",
-                commit_properties=CommitProperties(
-                    custom_metadata={"stagingmerge.created_from": str(like.location)}
-                ),
+                writer_properties=WRITER_PROPERTIES,
+                commit_properties=CommitProperties(custom_metadata=dict(metadata)),
             )
-        return cls(dt, location, options)
+        return cls.open(location, options)
 
     def at_version(self, version: int) -> Table:
         return Table.open(self.location, self._options, version)
@@ -133,94 +208,37 @@ class Table:
     def partition_columns(self) -> list[str]:
         return list(self._dt.metadata().partition_columns)
 
+    def configuration(self) -> dict[str, str | None]:
+        return dict(self._dt.metadata().configuration)
+
     # --- reading --------------------------------------------------------------------
 
     def scan(self, columns: Sequence[str] | None, predicate: str | None) -> pa.Table:
-        """Rows (or some columns) matching `predicate`, through delta-rs's engine."""
-        with translate_errors(self.location, self._options, "scan"):
-            reader = self._dt.scan(columns=list(columns) if columns else None, predicate=predicate)
-            return pa.table(reader)
-
-    def read_units(self, max_rows: int) -> list[ReadUnit]:
-        """Staging's data files in read order, large ones split by row group.
-
-        Order: the commit time of each file's add action, then its path. The first
-        copy of a key in this order is the one inserted.
-        """
-        with translate_errors(self.location, self._options, "list the files of"):
-            dataset = self._dt.to_pyarrow_dataset()
-            actions = pa.table(self._dt.get_add_actions(flatten=True))
-        info = {
-            unquote(str(a["path"])): (int(a["modification_time"]), a.get("num_records"))
-            for a in actions.select(
-                [
-                    c
-                    for c in ("path", "modification_time", "num_records")
-                    if c in actions.schema.names
-                ]
-            ).to_pylist()
-        }
-        fragments = sorted(
-            dataset.get_fragments(),
-            key=lambda f: (info.get(unquote(f.path), (0, None))[0], f.path),
+        """Rows (or some columns) matching `predicate`, through delta-rs's engine, with
+        the table's own Arrow types (the engine's view types cast back)."""
+        return pa.Table.from_batches(
+            list(self.stream(columns, predicate)), schema=self._projection(columns)
         )
-        units: list[ReadUnit] = []
-        with translate_errors(self.location, self._options, "read the footers of"):
-            for fragment in fragments:
-                rows = info.get(unquote(fragment.path), (0, None))[1]
-                if rows is None:
-                    rows = fragment.count_rows()
-                if rows > max_rows:
-                    pieces = fragment.split_by_row_group()
-                    if len(pieces) > 1:
-                        units.extend(
-                            ReadUnit(p, p.row_groups[0].num_rows, fragment.path, dataset)
-                            for p in pieces
-                        )
-                        continue
-                units.append(ReadUnit(fragment, int(rows), fragment.path, dataset))
-        return units
 
-    def read_keys(self, units: Sequence[ReadUnit], names: Sequence[str]) -> pa.Table:
-        """The key columns of `units`, concatenated in read order."""
-        with translate_errors(self.location, self._options, "read"):
-            return _subset(units).to_table(columns=list(names))
-
-    def read_rows(
-        self, units: Sequence[ReadUnit], positions: Sequence[int], target: pa.Schema
+    def stream(
+        self, columns: Sequence[str] | None, predicate: str | None
     ) -> Iterator[pa.RecordBatch]:
-        """Whole rows at the given sorted positions of `units` (as numbered by `read_keys`),
-        cast to `target`. Units holding none of them are not read at all; the others are
-        scanned in order, a few files ahead, page by page."""
-        wanted, kept, start, kept_rows = [], [], 0, 0
-        for unit in units:
-            lo = bisect.bisect_left(positions, start)
-            hi = bisect.bisect_left(positions, start + unit.rows)
-            if hi > lo:
-                kept.append(unit)
-                wanted += [p - start + kept_rows for p in positions[lo:hi]]
-                kept_rows += unit.rows
-            start += unit.rows
-        if not kept:
-            return
-        scanner = _subset(kept).scanner(
-            columns=target.names,
-            batch_size=FULL_ROW_BATCH,
-            batch_readahead=4,
-            fragment_readahead=2,
-            fragment_scan_options=_STREAMING_READ,
-        )
-        offset = 0
-        with translate_errors(self.location, self._options, "read"):
-            for batch in scanner.to_batches():  # in fragment order, like read_keys
-                lo = bisect.bisect_left(wanted, offset)
-                hi = bisect.bisect_left(wanted, offset + batch.num_rows)
-                if hi - lo == batch.num_rows:
-                    yield batch.cast(target)
-                elif hi > lo:
-                    take = pa.array([p - offset for p in wanted[lo:hi]], pa.int64())
-                    yield batch.take(take).cast(target)
-                offset += batch.num_rows
+        """The same as scan(), as a stream of record batches (in no particular order)."""
+        schema = self._projection(columns)
+        with translate_errors(self.location, self._options, "scan"):
+            reader = self._dt.scan(columns=schema.names, predicate=predicate)
+            for batch in reader:
+                yield pa.record_batch(batch).select(schema.names).cast(schema)
+
+    def query(self, sql: str) -> pa.Table:
+        """A DataFusion SQL query over this table, named `t` (QUERY_TABLE) in `sql`."""
+        with translate_errors(self.location, self._options, "query"):
+            builder = QueryBuilder().register(QUERY_TABLE, self._dt)
+            return pa.table(builder.execute(sql).read_all())
+
+    def _projection(self, columns: Sequence[str] | None) -> pa.Schema:
+        schema = plain_schema(self.arrow_schema())
+        return pa.schema([schema.field(c) for c in columns]) if columns else schema
 
     # --- writing --------------------------------------------------------------------
 
@@ -228,8 +246,9 @@ class Table:
         self, batches: Iterator[pa.RecordBatch], schema: pa.Schema, metadata: Mapping[str, str]
     ) -> int:
         """Append in one commit; return the version committed."""
-        reader = pa.RecordBatchReader.from_batches(schema, batches)
-        with translate_errors(self.location, self._options, "append to"):
+        handoff = _Handoff(batches)
+        reader = pa.RecordBatchReader.from_batches(schema, iter(handoff))
+        with handoff.feeding(), translate_errors(self.location, self._options, "append to"):
             write_deltalake(
                 self._dt,
                 reader,

@@ -1,19 +1,22 @@
 """The merge use case: staging -> main, exactly once, batch by batch.
 
-For each batch of staging rows (whole files or row groups, in a fixed order):
+Before anything is written, staging is audited (every rule main would refuse a row
+for, over all of staging, in one pushed-down query) and its key space is cut into
+spans of about `batch_rows` rows (keyspace.py). Then, for each span:
 
-1. read only the key columns of the batch and keep the first copy of each key;
-2. scan only main's key columns, restricted by a predicate built from the batch's
+1. read staging's keys in the span (or take them from the planning pass);
+2. scan only main's key columns, restricted by a predicate built from the span's
    key ranges (delta-rs prunes files and row groups with it), at version *v*;
 3. anti-join: the keys main does not hold are the ones to insert;
-4. stream those rows, and only those, from staging into one append commit;
-5. if the commit landed at a version other than *v + 1*, other writers committed
-   in between: re-check the inserted keys against main and, should one now be
-   there twice, rewrite it back to the single copy that was there first.
+4. stream staging's rows in the span and keep only those keys; a key staging holds
+   more than once keeps the copy keysets.pick_winners chooses, by content;
+5. append them in one commit; if the commit landed at a version other than *v + 1*,
+   other writers committed in between: re-check the inserted keys against main and,
+   should one now be there twice, rewrite it back to the copy that was there first.
 
-A batch's cost grows with the batch (and with the part of main whose key ranges
-overlap it), not with main; memory holds one batch's keys plus a few thousand
-whole rows. Reruns are idempotent because step 3 sees what earlier runs wrote.
+All copies of a key are in one span, so the winner, the counts and a dry run's
+counts never depend on batch boundaries, file order or a crash; a rerun sees what
+earlier runs wrote (step 3) and inserts the rest.
 """
 
 from __future__ import annotations
@@ -26,8 +29,8 @@ from typing import Protocol
 import pyarrow as pa
 import structlog
 
-from . import __version__, failpoints, keysets, plan
-from .delta import CommitConflictError, ReadUnit, Table, TableNotFoundError
+from . import __version__, checks, failpoints, keysets, keyspace, plan
+from .delta import QUERY_TABLE, CommitConflictError, Table, TableNotFoundError, plain_schema
 from .errors import InvalidInputError, MergeError, MergeInterruptedError, StagingChangedError
 from .metrics import (
     DRY_RUN,
@@ -57,6 +60,8 @@ class MergeRequest:
     storage_options: dict[str, str] = field(default_factory=dict)
     partition_by: tuple[str, ...] = ()
     allowed_prefixes: tuple[Location, ...] = ()
+    first_by: tuple[str, ...] = ()  # which copy of a repeated key wins (then: fingerprint)
+    key_sample_rows: int = 1_000_000  # planning keeps every key of a staging this small
 
 
 @dataclass(frozen=True)
@@ -111,6 +116,19 @@ def run_merge(
     return metrics
 
 
+@dataclass
+class _Plan:
+    """What the checks found and how staging is cut: everything a batch needs."""
+
+    rows: int  # staging's rows (deletion vectors applied)
+    spans: list[keyspace.Span]
+    key_types: dict[str, str]
+    key_schema: pa.Schema
+    target: pa.Schema  # what rows are cast to and written as
+    partition_by: list[str]  # for a main this run creates
+    keys: list[pa.Table] | None = None  # each span's staging keys, when planning kept all
+
+
 class _Merge:
     def __init__(
         self,
@@ -126,9 +144,6 @@ class _Merge:
         self.options = request.storage_options
         self.deletes = not (request.keep_staging or request.dry_run)
         self.main: Table | None = None
-        self.main_before: Table | None = None  # main as the run found it, opened lazily
-        self.inserted_ranges: list[plan.KeyRange] = []
-        self.pending_keys: pa.Table | None = None  # dry run: keys it would have inserted
 
     # --- the run ---------------------------------------------------------------------
 
@@ -155,12 +170,12 @@ class _Merge:
         if staging is None:
             self.metrics.outcome = NOTHING_TO_MERGE
             return
-        units, key_types, key_schema, target = self._prepare(staging)
-        if not units:
+        planned = self._prepare(staging)
+        if planned.rows == 0:
             log.info("nothing to merge: staging is empty", staging=str(req.staging))
             self.metrics.outcome = NOTHING_TO_MERGE
         else:
-            self._merge_all(staging, units, key_types, key_schema, target)
+            self._merge_all(staging, planned)
             self.metrics.outcome = DRY_RUN if req.dry_run else MERGED
         if self.deletes:
             self._finish(staging, prefix)
@@ -189,67 +204,75 @@ class _Merge:
         self.metrics.staging_version = staging.version
         return staging
 
-    def _prepare(
-        self, staging: Table
-    ) -> tuple[list[ReadUnit], dict[str, str], pa.Schema, pa.Schema]:
-        """Every check that can refuse the input, before anything is written; then main
-        (created if missing). Returns staging's read units (none: empty staging), the key
-        types and schema, and the schema rows are written with."""
+    def _prepare(self, staging: Table) -> _Plan:
+        """Every check that can refuse the input, before anything is written; then the
+        spans staging is merged in."""
         req = self.req
         staging_columns = staging.columns()
         plan.check_keys(staging_columns, req.keys, "staging")
+        plan.check_first_by(staging_columns, req.first_by, req.keys)
         self.main = self._open_main()
-        required = list(req.keys)
+        partition_by: list[str] = []
         if self.main is not None:
-            required = plan.check_compatible(self.main.columns(), staging_columns, req.keys)
-            self.metrics.main_version_before = self.main.version
-        units = [u for u in staging.read_units(req.batch_rows) if u.rows]
-        staging_schema = staging.arrow_schema()
-        key_types = {k: staging_columns[k].type_name for k in req.keys}
-        key_schema = pa.schema([staging_schema.field(k) for k in req.keys])
-        if not units:
-            return units, key_types, key_schema, staging_schema
-        self._refuse_nulls(staging, required)
-        if self.main is None and not req.dry_run:
-            partition_by = plan.partition_for_new_main(staging_columns, req.partition_by)
-            self.main = Table.create(req.main, self.options, staging, partition_by)
-            self.metrics.main_created = True
-            log.info(
-                "created main",
-                main=str(req.main),
-                partition_by=partition_by,
-                version=self.main.version,
+            main_columns = self.main.columns()
+            plan.check_compatible(main_columns, staging_columns, req.keys)
+            plan.check_partitionable(
+                main_columns, self.main.partition_columns(), "main's partitioning"
             )
-        target = self.main.arrow_schema() if self.main else staging_schema
-        return units, key_types, key_schema, target
+            self.metrics.main_version_before = self.main.version
+            target = plain_schema(self.main.arrow_schema())
+        else:
+            partition_by = plan.partition_for_new_main(staging_columns, req.partition_by)
+            target = plain_schema(staging.arrow_schema())
+        rows = self._audit(staging)
+        key_types = {k: staging_columns[k].type_name for k in req.keys}
+        key_schema = pa.schema([target.field(k) for k in req.keys])
+        planned = _Plan(rows, [], key_types, key_schema, target, partition_by)
+        if rows:
+            self._plan_spans(staging, planned)
+        return planned
 
-    def _merge_all(
-        self,
-        staging: Table,
-        units: Sequence[ReadUnit],
-        key_types: dict[str, str],
-        key_schema: pa.Schema,
-        target: pa.Schema,
-    ) -> None:
-        batches = plan.plan_batches([u.rows for u in units], self.req.batch_rows)
-        self.metrics.batches_planned = len(batches)
-        self.progress.start(len(batches), sum(u.rows for u in units))
-        for index, batch in enumerate(batches):
+    def _audit(self, staging: Table) -> int:
+        """Count staging's rows and, in the same pushed-down query, the rows breaking each
+        rule main would refuse them for (NULL keys too: NULL never equals NULL, so a NULL
+        key could be inserted again on every rerun). Returns staging's row count."""
+        main = self.main
+        rules = checks.rules_for(
+            self.req.keys,
+            main.columns() if main else None,
+            main.configuration() if main else None,
+        )
+        counts = staging.query(checks.audit_sql(QUERY_TABLE, rules)).to_pylist()[0]
+        found = checks.violations(rules, counts)
+        if found:
+            raise InvalidInputError(checks.refusal(found))
+        return int(counts[checks.ROWS] or 0)
+
+    def _plan_spans(self, staging: Table, planned: _Plan) -> None:
+        """One pass over staging's key columns: sample them, cut the key space."""
+        names = list(self.req.keys)
+        sample = keyspace.KeySample(self.req.key_sample_rows)
+        for batch in staging.stream(names, None):
+            sample.add(pa.Table.from_batches([batch]))
+        planned.spans = keyspace.plan_spans(
+            sample.table(), names, planned.rows, self.req.batch_rows
+        )
+        if sample.stride == 1:  # every key is in hand: no batch has to read them again
+            planned.keys = keyspace.split_by_spans(sample.table(), names, planned.spans)
+
+    def _merge_all(self, staging: Table, planned: _Plan) -> None:
+        spans = planned.spans
+        self.metrics.batches_planned = len(spans)
+        self.progress.start(len(spans), planned.rows)
+        for index, span in enumerate(spans):
             if self.should_stop():
                 self.metrics.outcome = INTERRUPTED
                 raise MergeInterruptedError(
-                    f"stopped by a signal after {index} of {len(batches)} batches;"
+                    f"stopped by a signal after {index} of {len(spans)} batches;"
                     " staging is kept, rerun to merge the rest"
                 )
-            result = self._merge_batch(
-                index,
-                len(batches),
-                staging,
-                [units[i] for i in batch],
-                key_types,
-                key_schema,
-                target,
-            )
+            keys = planned.keys[index] if planned.keys is not None else None
+            result = self._merge_batch(index, staging, planned, span, keys)
             self._count(result)
             self.progress.batch_done(result, self.metrics)
         self.progress.close()  # before the clean-up logs; run_merge closes it again, harmlessly
@@ -273,67 +296,58 @@ class _Merge:
             )
         return self._open(self.req.main, "main")
 
-    def _refuse_nulls(self, staging: Table, columns: Sequence[str]) -> None:
-        """NULL never equals NULL, so a NULL key could be inserted on every rerun: refuse."""
-        rows = staging.scan(columns, plan.null_predicate(columns))
-        if rows.num_rows:
-            counts = {c: rows[c].null_count for c in columns if rows[c].null_count}
-            listed = ", ".join(f"{c} ({n} rows)" for c, n in counts.items())
-            raise InvalidInputError(
-                f"staging has NULL in key or NOT NULL columns: {listed}; fill or drop those rows"
-            )
-
     # --- one batch -----------------------------------------------------------------
 
     def _merge_batch(
         self,
         index: int,
-        total: int,
         staging: Table,
-        units: Sequence[ReadUnit],
-        key_types: dict[str, str],
-        key_schema: pa.Schema,
-        target: pa.Schema,
+        planned: _Plan,
+        span: keyspace.Span,
+        keys: pa.Table | None,
     ) -> BatchResult:
         started = time.monotonic()
         names = self.req.keys
-        keys = keysets.with_positions(staging.read_keys(units, names), 0)
-        first = keysets.first_occurrences(keys, names)
-        in_batch_duplicates = keys.num_rows - first.num_rows
-        predicate = plan.range_predicate(names, key_types, keysets.key_ranges(first, names))
+        where = keyspace.span_predicate(names, planned.key_types, span)
+        if keys is None:
+            keys = staging.scan(names, where)
+        distinct, repeated = keysets.distinct_and_repeated(keys, names)
+        duplicates = keys.num_rows - distinct.num_rows
+        predicate = plan.range_predicate(
+            names, planned.key_types, keysets.key_ranges(distinct, names)
+        )
         for attempt in range(1, MAX_COMMIT_ATTEMPTS + 1):
-            read_version = self.main.latest_version() if self.main else None
+            if self.main is None and attempt > 1:
+                self.main = self._open_main()  # another writer may have created it
+            read_version = self.main.latest_version() if self.main else -1
             present = (
-                keysets.conform(self.main.scan(names, predicate), key_schema)
+                self.main.scan(names, predicate).cast(planned.key_schema)
                 if self.main
-                else key_schema.empty_table()
+                else planned.key_schema.empty_table()
             )
-            new = keysets.anti_join(first, present, names)
-            matched = keysets.semi_join(first, present, names)
-            earlier = self._inserted_earlier(matched, key_types, key_schema)
-            if self.req.dry_run:
-                new, earlier = self._dry_run_filter(new, earlier)
+            new = keysets.anti_join(distinct, present, names)
             result = BatchResult(
                 index=index,
                 rows=keys.num_rows,
                 inserted=new.num_rows,
-                skipped_existing=matched.num_rows - earlier,
-                skipped_duplicates=in_batch_duplicates + earlier,
-                version=read_version,
+                skipped_existing=distinct.num_rows - new.num_rows,
+                skipped_duplicates=duplicates,
+                version=read_version if self.main else None,
                 seconds=0.0,
             )
-            if new.num_rows == 0 or self.req.dry_run or self.main is None:
+            if new.num_rows == 0 or self.req.dry_run:
                 return _timed(result, started)
-            positions = sorted(new[keysets.POSITION].to_pylist())
+            rows = self._rows_to_insert(
+                staging, where, new, keysets.semi_join(repeated, new, names), planned.target
+            )
             metadata = {
                 "stagingmerge.staging": str(self.req.staging),
                 "stagingmerge.staging_version": str(self.metrics.staging_version),
-                "stagingmerge.batch": f"{index + 1}/{total}",
+                "stagingmerge.batch": f"{index + 1}/{len(planned.spans)}",
                 "stagingmerge.version": __version__,
             }
-            rows = staging.read_rows(units, positions, target)
             try:
-                committed = self.main.append(_then_failpoint(rows), target, metadata)
+                committed = self._commit(_then_failpoint(rows), planned, metadata)
             except CommitConflictError as exc:
                 self.metrics.commit_retries += 1
                 log.warning(
@@ -344,10 +358,10 @@ class _Merge:
                 )
                 continue
             failpoints.hit("batch-after-commit")
-            assert read_version is not None
             others = committed - read_version - 1
-            repaired = self._repair(new, key_types, key_schema, committed) if others else 0
-            self.inserted_ranges.extend(keysets.key_ranges(new, names))
+            repaired = (
+                self._repair(new, planned.key_types, planned.key_schema, committed) if others else 0
+            )
             return _timed(
                 replace(result, version=committed, concurrent_commits=others, repaired=repaired),
                 started,
@@ -357,44 +371,58 @@ class _Merge:
             " on conflicts with other writers; rerun"
         )
 
-    def _inserted_earlier(
-        self, matched: pa.Table, key_types: dict[str, str], key_schema: pa.Schema
+    def _rows_to_insert(
+        self,
+        staging: Table,
+        where: str | None,
+        new: pa.Table,
+        repeated: pa.Table,
+        target: pa.Schema,
+    ) -> Iterator[pa.RecordBatch]:
+        """Staging's rows in the span whose key is `new`, streamed; the copies of keys
+        staging repeats are held back until the span is read, then one winner each."""
+        names = self.req.keys
+        held: list[pa.Table] = []
+        for batch in staging.stream(target.names, where):
+            rows = pa.Table.from_batches([batch])
+            wanted = rows.take(keysets.positions_in(rows, new, names))
+            if repeated.num_rows:
+                twice = keysets.positions_in(wanted, repeated, names)
+                if len(twice):
+                    held.append(wanted.take(twice))
+                    wanted = wanted.take(keysets.other_positions(wanted.num_rows, twice))
+            yield from wanted.to_batches()
+        if held:
+            yield from keysets.pick_winners(
+                pa.concat_tables(held), names, self.req.first_by
+            ).to_batches()
+
+    def _commit(
+        self, rows: Iterator[pa.RecordBatch], planned: _Plan, metadata: dict[str, str]
     ) -> int:
-        """How many of `matched` (keys main holds now) this run inserted in earlier batches.
-
-        Those are duplicates inside staging, not rows main already had. Main is only
-        re-read as it was at the start when the key ranges say it can matter.
-        """
-        names = self.req.keys
-        if matched.num_rows == 0 or not self.inserted_ranges:
-            return 0
-        ranges = keysets.key_ranges(matched, names)
-        if not keysets.ranges_overlap(ranges, self.inserted_ranges):
-            return 0
-        if self.metrics.main_version_before is None:
-            return int(matched.num_rows)  # main was created by this run
-        assert self.main is not None
-        if self.main_before is None:
-            self.main_before = self.main.at_version(self.metrics.main_version_before)
-        before = keysets.conform(
-            self.main_before.scan(names, plan.range_predicate(names, key_types, ranges)),
-            key_schema,
-        )
-        return int(matched.num_rows - keysets.semi_join(matched, before, names).num_rows)
-
-    def _dry_run_filter(self, new: pa.Table, earlier: int) -> tuple[pa.Table, int]:
-        """A dry run commits nothing, so it remembers the keys it would have inserted."""
-        names = self.req.keys
-        if self.pending_keys is not None:
-            before = new.num_rows
-            new = keysets.anti_join(new, self.pending_keys, names)
-            earlier += before - new.num_rows
-            self.pending_keys = pa.concat_tables(
-                [self.pending_keys, new.select(list(names)).cast(self.pending_keys.schema)]
+        """Append to main, or create main with these rows (version 0) when it is missing."""
+        if self.main is not None:
+            return self.main.append(rows, planned.target, metadata)
+        try:
+            self.main = Table.create(
+                self.req.main,
+                self.options,
+                rows,
+                planned.target,
+                planned.partition_by,
+                {**metadata, "stagingmerge.created_from": str(self.req.staging)},
             )
-        else:
-            self.pending_keys = new.select(list(names))
-        return new, earlier
+        except MergeError:
+            Prefix(self.req.main, self.options).delete_if_not_a_table()
+            raise
+        self.metrics.main_created = True
+        log.info(
+            "created main",
+            main=str(self.req.main),
+            partition_by=planned.partition_by,
+            version=self.main.version,
+        )
+        return self.main.version
 
     def _repair(
         self, new: pa.Table, key_types: dict[str, str], key_schema: pa.Schema, committed: int
@@ -407,7 +435,7 @@ class _Merge:
         assert self.main is not None
         names = self.req.keys
         predicate = plan.range_predicate(names, key_types, keysets.key_ranges(new, names))
-        now = keysets.conform(self.main.scan(names, predicate), key_schema)
+        now = self.main.scan(names, predicate).cast(key_schema)
         twice = keysets.repeated_keys(keysets.semi_join(now, new, names), names)
         log.info(
             "other writers committed during the batch; checked for duplicates",
@@ -422,9 +450,7 @@ class _Merge:
         for start in range(0, len(tuples), REPAIR_CHUNK):
             chunk = tuples[start : start + REPAIR_CHUNK]
             where = plan.keys_in_predicate(names, key_types, chunk)
-            theirs = _one_per_key(
-                keysets.conform(earlier.scan(None, where), self.main.arrow_schema()), names
-            )
+            theirs = _one_per_key(earlier.scan(None, where), names)
             for attempt in range(1, REPAIR_ATTEMPTS + 1):
                 try:
                     self.main.replace(

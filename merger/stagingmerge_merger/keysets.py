@@ -1,12 +1,23 @@
-"""Set operations on Arrow tables of keys: dedup, anti/semi joins, key ranges.
+"""Set operations on Arrow tables of keys: dedup, anti/semi joins, key ranges, winners.
 
-Pure (no I/O): inputs and outputs are in-memory Arrow tables holding only the
-key columns, plus POSITION where a row's place in staging's read order matters.
+Pure (no I/O): inputs and outputs are in-memory Arrow tables holding the key
+columns, plus POSITION where a row's place in a table matters.
+
+Which copy of a repeated key wins (`pick_winners`) depends only on the copies'
+content, never on where they sit in staging: the smallest by the `first_by`
+columns (NULLs last), then by the row's fingerprint, the SHA-256 of its canonical
+JSON (`row_fingerprints`). Compaction, z-ordering or rewriting staging's files
+therefore never changes what is inserted.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import decimal
+import hashlib
+import json
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -42,6 +53,80 @@ def semi_join(left: pa.Table, right: pa.Table, names: Sequence[str]) -> pa.Table
     if right.num_rows == 0 or left.num_rows == 0:
         return left.slice(0, 0)
     return left.join(_distinct(right, names), keys=list(names), join_type="left semi")
+
+
+def distinct_and_repeated(keys: pa.Table, names: Sequence[str]) -> tuple[pa.Table, pa.Table]:
+    """(every key once, the keys that occur more than once), key columns only."""
+    counts = (
+        keys.select(list(names))
+        .group_by(list(names), use_threads=False)
+        .aggregate([([], "count_all")])
+    )
+    repeated = counts.filter(pc.greater(counts["count_all"], 1)).select(list(names))
+    return counts.select(list(names)), repeated
+
+
+def positions_in(rows: pa.Table, keys: pa.Table, names: Sequence[str]) -> pa.Array:
+    """Sorted positions of the rows of `rows` whose key is in `keys` (distinct keys).
+
+    The hash table is built on `rows` (a record batch's worth) and probed with `keys`,
+    which is the fast way round when `rows` is the smaller side."""
+    if rows.num_rows == 0 or keys.num_rows == 0:
+        return pa.array([], pa.int64())
+    numbered = with_positions(rows.select(list(names)), 0)
+    hits = keys.select(list(names)).join(numbered, keys=list(names), join_type="right semi")
+    return _sorted(hits[POSITION])
+
+
+def other_positions(count: int, positions: pa.Array) -> pa.Array:
+    """0..count-1 without `positions`."""
+    every = pa.array(range(count), pa.int64())
+    return every.filter(pc.invert(pc.is_in(every, value_set=positions)))
+
+
+def pick_winners(rows: pa.Table, names: Sequence[str], first_by: Sequence[str]) -> pa.Table:
+    """One row per key of `rows`: the smallest by `first_by` (NULLs last), then by
+    fingerprint. Depends only on the rows' content, not on their order."""
+    if rows.num_rows == 0:
+        return rows
+    fingerprint = "__stagingmerge_fingerprint"
+    marked = rows.append_column(fingerprint, pa.array(row_fingerprints(rows), pa.binary()))
+    ordered = marked.sort_by(
+        [(c, "ascending", "at_end") for c in first_by] + [(fingerprint, "ascending", "at_end")]
+    )
+    numbered = with_positions(ordered.select(list(names)), 0)
+    keep = first_occurrences(numbered, names)
+    return ordered.take(_sorted(keep[POSITION])).drop_columns([fingerprint])
+
+
+def _sorted(positions: pa.ChunkedArray) -> pa.Array:
+    column = positions.combine_chunks()
+    return column.take(pc.sort_indices(column))
+
+
+def row_fingerprints(rows: pa.Table) -> list[bytes]:
+    """SHA-256 of each row's canonical JSON: column names sorted, no spaces, dates and
+    times in ISO 8601, decimals as text, bytes as hex, maps as [key, value] pairs."""
+    return [
+        hashlib.sha256(
+            json.dumps(
+                row, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_json
+            ).encode()
+        ).digest()
+        for row in rows.to_pylist()
+    ]
+
+
+def _json(value: Any) -> Any:
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    return str(value)
 
 
 def _distinct(table: pa.Table, names: Sequence[str]) -> pa.Table:

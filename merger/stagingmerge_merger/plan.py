@@ -42,6 +42,15 @@ def parse_keys(text: str) -> tuple[str, ...]:
     return keys
 
 
+def parse_columns(text: str, option: str) -> tuple[str, ...]:
+    """`a, b` -> ("a", "b"); empty text is no columns; a name twice is refused."""
+    columns = tuple(c.strip() for c in text.split(",") if c.strip())
+    repeated = sorted({c for c in columns if columns.count(c) > 1})
+    if repeated:
+        raise InvalidInputError(f"{option} names {', '.join(repeated)} more than once")
+    return columns
+
+
 def parse_batch_rows(value: int) -> int:
     if value <= 0:
         raise InvalidInputError(f"--batch-rows must be a positive number of rows, got {value}")
@@ -56,6 +65,8 @@ class Column:
     name: str
     type: str  # canonical JSON of the Delta type: "long", or {"type": "array", ...}
     nullable: bool
+    generation: str | None = None  # delta.generationExpression: a generated column
+    invariant: str | None = None  # delta.invariants (the legacy per-column CHECK)
 
     @property
     def type_name(self) -> str:
@@ -67,9 +78,27 @@ def columns_of(schema_json: str | Mapping[str, Any]) -> dict[str, Column]:
     """Columns of a Delta schema (as `DeltaTable.schema().to_json()` gives it), in order."""
     schema = json.loads(schema_json) if isinstance(schema_json, str) else schema_json
     return {
-        f["name"]: Column(f["name"], _canonical_type(f["type"]), bool(f.get("nullable", True)))
+        f["name"]: Column(
+            f["name"],
+            _canonical_type(f["type"]),
+            bool(f.get("nullable", True)),
+            generation=(f.get("metadata") or {}).get("delta.generationExpression") or None,
+            invariant=_invariant(f.get("metadata") or {}),
+        )
         for f in schema["fields"]
     }
+
+
+def _invariant(metadata: Mapping[str, Any]) -> str | None:
+    raw = metadata.get("delta.invariants")
+    if not raw:
+        return None
+    try:
+        value = json.loads(raw) if isinstance(raw, str) else raw
+        expression = value["expression"]["expression"]
+    except (ValueError, KeyError, TypeError):
+        raise InvalidInputError(f"unreadable delta.invariants on a column: {raw!r}") from None
+    return str(expression)
 
 
 def _canonical_type(value: Any) -> str:
@@ -99,6 +128,35 @@ def check_keys(columns: Mapping[str, Column], keys: Sequence[str], table: str) -
                 f"key column {key} in {table} has type {kind}; key columns must be one of "
                 f"{', '.join(sorted(KEY_TYPES))}"
             )
+
+
+# Types a --first-by column may have: each sorts the same way in every engine.
+ORDERABLE_TYPES = KEY_TYPES | {"double", "float", "boolean", "timestamp", "timestamp_ntz"}
+
+
+def check_first_by(
+    columns: Mapping[str, Column], first_by: Sequence[str], keys: Sequence[str]
+) -> None:
+    """--first-by columns exist, are not keys, and have a type that sorts."""
+    missing = [c for c in first_by if c not in columns]
+    if missing:
+        raise InvalidInputError(f"--first-by names {', '.join(missing)}, which staging lacks")
+    keyed = [c for c in first_by if c in keys]
+    if keyed:
+        raise InvalidInputError(
+            f"--first-by names key columns ({', '.join(keyed)}): copies of a key all share them"
+        )
+    unordered = [
+        f"{c} ({columns[c].type_name})"
+        for c in first_by
+        if columns[c].type_name not in ORDERABLE_TYPES
+        and not columns[c].type_name.startswith("decimal")
+    ]
+    if unordered:
+        raise InvalidInputError(
+            f"--first-by columns must be numbers, strings, dates or timestamps: "
+            f"{', '.join(unordered)}"
+        )
 
 
 def check_compatible(
@@ -133,6 +191,11 @@ def check_compatible(
     return required
 
 
+# Delta partitions by primitive columns only: a struct, array, map or variant cannot be
+# written as a partition value.
+_UNPARTITIONABLE = frozenset({"struct", "array", "map", "variant"})
+
+
 def partition_for_new_main(columns: Mapping[str, Column], requested: Sequence[str]) -> list[str]:
     """Partition columns for a main table created from staging's schema."""
     if requested:
@@ -141,8 +204,25 @@ def partition_for_new_main(columns: Mapping[str, Column], requested: Sequence[st
             raise InvalidInputError(
                 f"--partition-by names {', '.join(unknown)}, which staging does not have"
             )
+        check_partitionable(columns, requested, "--partition-by")
         return list(requested)
     return [DEFAULT_PARTITION_COLUMN] if DEFAULT_PARTITION_COLUMN in columns else []
+
+
+def check_partitionable(
+    columns: Mapping[str, Column], partition_by: Sequence[str], what: str
+) -> None:
+    """Refuse partition columns whose type Delta cannot hold as a partition value."""
+    bad = [
+        f"{c} ({columns[c].type_name})"
+        for c in partition_by
+        if c in columns and columns[c].type_name in _UNPARTITIONABLE
+    ]
+    if bad:
+        raise InvalidInputError(
+            f"{what} names columns Delta cannot partition by: {', '.join(bad)};"
+            " partition columns must have a primitive type"
+        )
 
 
 # --- batches ------------------------------------------------------------------------

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+import structlog
+
 from . import failpoints
 from .errors import InvalidInputError, StorageError
 
@@ -306,6 +308,19 @@ class Prefix:
             obstore.put(self._open(), COMPLETION_MARKER, json.dumps(dict(content)).encode())
         except Exception as exc:
             raise _store_error(exc, self.location, self._options, "write marker to") from exc
+
+    def delete_if_not_a_table(self) -> None:
+        """Remove what a failed first write left (data files, no log), so the location
+        reads as missing again instead of as "files but no _delta_log/"."""
+        state = self.state()
+        if state.exists and not state.has_delta_log:
+            deleted = self.delete_all()
+            if deleted:
+                structlog.get_logger("stagingmerge.merge").info(
+                    "removed the files of a create that failed",
+                    location=str(self.location),
+                    objects=deleted,
+                )
 
     def delete_all(self, page_size: int = 1000) -> int:
         """Delete every object under the prefix: the Delta log first, the marker last.

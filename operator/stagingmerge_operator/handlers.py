@@ -6,12 +6,12 @@ Start with `stagingmerge-operator` (see main.py) or `kopf run -m stagingmerge_op
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 import kopf
 
 from . import GROUP, PLURAL, VERSION, metrics
-from . import conditions as c
 from . import config as config_module
 from .jobs import JOB_SELECTOR
 from .kube import Kube
@@ -28,6 +28,39 @@ def reconciler() -> Reconciler:
     return _reconciler
 
 
+class _Poller:
+    """One operator-level loop instead of a kopf timer per object: queued, suspended and
+    running merges re-check their turn and their Job every QUEUE_POLL_SECONDS, which also
+    heals anything a failed API call or a missed event left behind.
+
+    A kopf timer would put kopf's finalizer on every unfinished StagingMerge, so deleting
+    one (or its namespace, or the release) would hang while the operator is down. This
+    loop needs no finalizer: the operator can be gone and deletion still completes."""
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="queue-poller", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _loop(self) -> None:
+        log = logging.getLogger("stagingmerge.operator")
+        while not self._stop.wait(CONFIG.queue_poll_seconds):
+            try:
+                reconciler().reconcile_unfinished()
+            except Exception:  # the next round tries again
+                log.exception("polling unfinished StagingMerges failed")
+
+
+_poller = _Poller()
+
+
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
@@ -40,6 +73,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.execution.max_workers = 8
     settings.watching.server_timeout = 300
     metrics.serve(CONFIG.metrics_port)
+    _poller.start()
     logging.getLogger("stagingmerge.operator").info(
         "operator configured: namespaces=%s default_image=%s",
         ",".join(CONFIG.namespaces) or "<all>",
@@ -55,23 +89,9 @@ def merge_changed(namespace: str | None, name: str, **_: Any) -> None:
     reconciler().reconcile(namespace, name)
 
 
-def _unfinished(status: kopf.Status, **_: Any) -> bool:
-    return status.get("phase") not in c.TERMINAL_PHASES
-
-
-@kopf.timer(
-    GROUP,
-    VERSION,
-    PLURAL,
-    interval=CONFIG.queue_poll_seconds,
-    when=_unfinished,
-    initial_delay=CONFIG.queue_poll_seconds,
-)
-def merge_waiting(namespace: str | None, name: str, **_: Any) -> None:
-    """Queued, suspended or running merges re-check their turn and their Job's state;
-    this also heals anything a failed API call or a missed event left behind."""
-    assert namespace is not None
-    reconciler().reconcile(namespace, name)
+@kopf.on.cleanup()
+def stop_polling(**_: Any) -> None:
+    _poller.stop()
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=JOB_SELECTOR)

@@ -62,6 +62,8 @@ def merge_args(spec: MergeSpec) -> list[str]:
         args.append("--dry-run")
     if spec.partition_by:
         args += ["--partition-by", ",".join(spec.partition_by)]
+    if spec.first_by:
+        args += ["--first-by", ",".join(spec.first_by)]
     for key, value in sorted(spec.storage_options.items()):
         args += ["--storage-option", f"{key}={value}"]
     return args

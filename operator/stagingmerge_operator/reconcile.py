@@ -56,6 +56,17 @@ class Reconciler:
                 log.info("status of %s/%s changed meanwhile; reconciling again", namespace, name)
         raise RuntimeError(f"{namespace}/{name}: status kept changing; giving up for now")
 
+    def reconcile_unfinished(self) -> None:
+        """Reconcile every watched StagingMerge that has not ended (the polling loop)."""
+        for merge in self.kube.list_merges(self.config.namespaces):
+            meta = merge["metadata"]
+            if (merge.get("status") or {}).get("phase") in c.TERMINAL_PHASES:
+                continue
+            try:
+                self.reconcile(meta["namespace"], meta["name"])
+            except Exception:  # one bad object must not starve the others
+                log.exception("could not reconcile %s/%s", meta["namespace"], meta["name"])
+
     # --- decisions ---------------------------------------------------------------------
 
     def _reconcile(self, merge: dict[str, Any]) -> None:

@@ -36,6 +36,7 @@ class MergeSpec:
     storage_secret: str | None = None
     storage_options: Mapping[str, str] = field(default_factory=dict)
     partition_by: tuple[str, ...] = ()
+    first_by: tuple[str, ...] = ()
     image: str | None = None
     resources: Mapping[str, Any] = field(default_factory=dict)
     service_account: str | None = None
@@ -82,6 +83,7 @@ def parse_spec(spec: Mapping[str, Any]) -> MergeSpec:
         storage_secret=secret.get("name") or None,
         storage_options=dict(options),
         partition_by=tuple(spec.get("partitionBy") or ()),
+        first_by=tuple(spec.get("firstBy") or ()),
         image=spec.get("image") or None,
         resources=dict(spec.get("resources") or {}),
         service_account=spec.get("serviceAccountName") or None,

@@ -224,3 +224,20 @@ def test_run_policy_on_spec_change_runs_the_new_generation(kubectl, operator, ru
     wait_for(lambda: kubectl.get("again")["status"]["phase"] == "Succeeded")
     assert sorted(j["metadata"]["name"] for j in kubectl.jobs()) == ["again-g1", "again-g2"]
     assert len(key_list(main)) == 2
+
+
+def test_an_unfinished_merge_can_be_deleted_while_the_operator_is_down(
+    kubectl, operator, runner, tmp_path
+):
+    """No finalizer is put on a StagingMerge, so deleting one never waits for the operator
+    (nor does deleting its namespace, or uninstalling the release)."""
+    main, staging = tmp_path / "main", tmp_path / "staging"
+    write(staging, ct([0], [1]))
+    kubectl.apply("held", spec_for(main, staging, suspend=True))
+    wait_for(lambda: (kubectl.get("held").get("status") or {}).get("phase") == "Suspended")
+    assert not kubectl.get("held")["metadata"].get("finalizers")
+    operator.stop()
+
+    kubectl.delete("held")
+
+    wait_for(lambda: kubectl.get("held") is None, what="the resource to be gone")

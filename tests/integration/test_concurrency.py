@@ -11,13 +11,13 @@ from pathlib import Path
 from deltalake import DeltaTable
 
 from stagingmerge_merger.sample import LOGS
-from tests.helpers import ct, run_cli, write
+from tests.helpers import ct, read, run_cli, write
 
 WRITER = Path(__file__).with_name("live_writer.py")
 
 
 def keys_of(path: Path) -> list[tuple[str, int]]:
-    table = DeltaTable(str(path)).to_pyarrow_table(columns=["source_url", "cert_index"])
+    table = read(DeltaTable(str(path)), ["source_url", "cert_index"])
     return list(zip(table["source_url"].to_pylist(), table["cert_index"].to_pylist(), strict=True))
 
 

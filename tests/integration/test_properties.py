@@ -1,5 +1,6 @@
-"""Property: for any main, any staging (overlaps, repeats, several files) and any batch size,
-main after the merge holds exactly the union, each key once, the first staging copy winning."""
+"""Property: for any main, any staging (overlaps, repeats, several files), any batch size and
+any staging layout (plain, partitioned, column-mapped by name or id), main after the merge
+holds exactly the union, each key once, the copy the README's rule picks winning."""
 
 from __future__ import annotations
 
@@ -15,9 +16,17 @@ from hypothesis import strategies as st
 from stagingmerge_merger.engine import MergeRequest, run_merge
 from stagingmerge_merger.metrics import MergeMetrics
 from stagingmerge_merger.storage import parse_location
+from tests.helpers import read
 
-keys = st.tuples(st.sampled_from(["a", "b", "c"]), st.integers(min_value=0, max_value=30))
+keys = st.tuples(st.sampled_from(["a", "b", "c", ""]), st.integers(min_value=0, max_value=30))
 staging_files = st.lists(st.lists(keys, min_size=0, max_size=12), min_size=1, max_size=5)
+LAYOUTS = {
+    "plain": {},
+    "partitioned": {"partition_by": ["log"]},
+    "column-mapped by name": {"configuration": {"delta.columnMapping.mode": "name"}},
+    "column-mapped by id": {"configuration": {"delta.columnMapping.mode": "id"}},
+    "both": {"partition_by": ["tag"], "configuration": {"delta.columnMapping.mode": "name"}},
+}
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -25,15 +34,24 @@ staging_files = st.lists(st.lists(keys, min_size=0, max_size=12), min_size=1, ma
     main_keys=st.lists(keys, max_size=20, unique=True),
     files=staging_files,
     batch_rows=st.integers(min_value=1, max_value=40),
+    staging_layout=st.sampled_from(sorted(LAYOUTS)),
+    main_layout=st.sampled_from(sorted(LAYOUTS)),
 )
-def test_main_becomes_the_union(main_keys, files, batch_rows):
+def test_main_becomes_the_union(main_keys, files, batch_rows, staging_layout, main_layout):
     root = Path(tempfile.mkdtemp(prefix="prop-"))
     try:
         main, staging = root / "main", root / "staging"
         if main_keys:
-            write_deltalake(str(main), table(main_keys, tag="main"))
+            write_deltalake(str(main), table(main_keys, "main", 0), **LAYOUTS[main_layout])
+        seq = 0
         for number, file_keys in enumerate(files):
-            write_deltalake(str(staging), table(file_keys, tag=f"file{number}"), mode="append")
+            write_deltalake(
+                str(staging),
+                table(file_keys, f"file{number}", seq),
+                mode="append",
+                **(LAYOUTS[staging_layout] if number == 0 else {}),
+            )
+            seq += len(file_keys)
 
         metrics = run_merge(
             MergeRequest(
@@ -41,6 +59,7 @@ def test_main_becomes_the_union(main_keys, files, batch_rows):
                 staging=parse_location(str(staging)),
                 keys=("log", "index"),
                 batch_rows=batch_rows,
+                first_by=("seq",),  # written order: the first copy written wins
             ),
             MergeMetrics(),
         )
@@ -53,7 +72,7 @@ def test_main_becomes_the_union(main_keys, files, batch_rows):
         if staged == 0:
             assert metrics.outcome == "nothing_to_merge"
             return
-        got = DeltaTable(str(main)).to_pyarrow_table().to_pylist()
+        got = read(DeltaTable(str(main))).to_pylist()
         assert len(got) == len(expected)
         assert {(r["log"], r["index"]): r["tag"] for r in got} == expected
         assert metrics.inserted == len(expected) - len(main_keys)
@@ -63,11 +82,12 @@ def test_main_becomes_the_union(main_keys, files, batch_rows):
         shutil.rmtree(root, ignore_errors=True)
 
 
-def table(pairs: list[tuple[str, int]], tag: str) -> pa.Table:
+def table(pairs: list[tuple[str, int]], tag: str, first_seq: int) -> pa.Table:
     return pa.table(
         {
             "log": pa.array([p[0] for p in pairs], pa.string()),
             "index": pa.array([p[1] for p in pairs], pa.int64()),
             "tag": pa.array([tag] * len(pairs), pa.string()),
+            "seq": pa.array(range(first_seq, first_seq + len(pairs)), pa.int64()),
         }
     )

@@ -119,3 +119,8 @@ def test_job_knobs():
 def test_merge_args_partition_by():
     spec = parse_spec({"main": {"uri": "/m"}, "staging": {"uri": "/s"}, "partitionBy": ["d"]})
     assert merge_args(spec)[-2:] == ["--partition-by", "d"]
+
+
+def test_merge_args_first_by():
+    spec = parse_spec({"main": {"uri": "/m"}, "staging": {"uri": "/s"}, "firstBy": ["seen", "x"]})
+    assert merge_args(spec)[-2:] == ["--first-by", "seen,x"]

@@ -1,0 +1,91 @@
+"""Everything that could refuse a staging row, checked over all of staging before any write.
+
+Pure: `rules_for` turns main's schema and configuration into SQL predicates that are
+true for a violating row, `audit_sql` counts them all in one aggregate query (run by
+delta-rs's engine, so the check is pushed down and reads only the columns it needs),
+and `refusal` words the result. Messages name the rule and how many rows break it,
+never row contents: staging rows stay out of logs.
+
+The semantics are delta-rs's own, because delta-rs is what writes main: a CHECK
+constraint (or an invariant) fails a row when the expression is not TRUE (NULL
+fails too); a generated column fails a row whose value is distinct from the
+expression; NOT NULL fails a NULL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from .plan import Column, quote_ident
+
+CONSTRAINT_PREFIX = "delta.constraints."
+
+
+@dataclass(frozen=True)
+class Rule:
+    label: str  # what the message calls it: "NULL in key column source_url", ...
+    violation: str  # SQL, true for a row that breaks the rule
+
+
+def rules_for(
+    keys: Sequence[str],
+    main_columns: Mapping[str, Column] | None,
+    main_configuration: Mapping[str, str | None] | None,
+) -> list[Rule]:
+    """The rules a staging row must pass: keys never NULL, then (when main exists)
+    main's NOT NULL columns, CHECK constraints, invariants and generated columns."""
+    rules = [Rule(f"NULL in key column {k}", f"{quote_ident(k)} IS NULL") for k in keys]
+    for column in (main_columns or {}).values():
+        name = quote_ident(column.name)
+        if not column.nullable and column.name not in keys:
+            rules.append(Rule(f"NULL in NOT NULL column {column.name}", f"{name} IS NULL"))
+        if column.invariant:
+            rules.append(
+                Rule(
+                    f"invariant on {column.name} ({column.invariant})",
+                    f"({column.invariant}) IS NOT TRUE",
+                )
+            )
+        if column.generation:
+            rules.append(
+                Rule(
+                    f"generated column {column.name} ({column.generation})",
+                    f"{name} IS DISTINCT FROM ({column.generation})",
+                )
+            )
+    for key, expression in sorted((main_configuration or {}).items()):
+        if key.startswith(CONSTRAINT_PREFIX) and expression:
+            name = key[len(CONSTRAINT_PREFIX) :]
+            rules.append(
+                Rule(f"CHECK constraint {name} ({expression})", f"({expression}) IS NOT TRUE")
+            )
+    return rules
+
+
+ROWS = "rows"
+
+
+def audit_sql(table: str, rules: Sequence[Rule]) -> str:
+    """One aggregate query: the row count, and per rule the rows that break it."""
+    counts = [
+        f"sum(CASE WHEN {rule.violation} THEN 1 ELSE 0 END) AS r{i}" for i, rule in enumerate(rules)
+    ]
+    # The only text from outside is main's own constraint and generation expressions,
+    # which delta-rs evaluates as SQL on every write anyway.
+    return f"SELECT {', '.join([f'count(*) AS {ROWS}', *counts])} FROM {table}"  # noqa: S608
+
+
+def violations(rules: Sequence[Rule], counts: Mapping[str, int | None]) -> list[tuple[Rule, int]]:
+    """(rule, rows breaking it) for every rule some row breaks, from audit_sql's answer."""
+    found = []
+    for i, rule in enumerate(rules):
+        count = int(counts.get(f"r{i}") or 0)
+        if count:
+            found.append((rule, count))
+    return found
+
+
+def refusal(found: Sequence[tuple[Rule, int]]) -> str:
+    listed = "; ".join(f"{rule.label}: {count} rows" for rule, count in found)
+    return f"staging has rows main would refuse ({listed}); fix or drop those rows in staging"
