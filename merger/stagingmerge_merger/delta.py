@@ -164,23 +164,19 @@ class Table:
         cls,
         location: Location,
         options: Mapping[str, str],
-        batches: Iterator[pa.RecordBatch],
         schema: pa.Schema,
         partition_by: Sequence[str],
         metadata: Mapping[str, str],
     ) -> Table:
-        """Create the table with its first rows, in one commit (version 0): a table is
-        never left created but empty, and a refused create writes no log."""
-        handoff = _Handoff(batches)
-        reader = pa.RecordBatchReader.from_batches(schema, iter(handoff))
-        with handoff.feeding(), translate_errors(location, options, "create"):
-            write_deltalake(
+        """Create the table, empty, in one commit (version 0): atomic, so a crash right
+        after it leaves a valid table that a rerun appends to."""
+        with translate_errors(location, options, "create"):
+            DeltaTable.create(
                 location.uri,
-                reader,
-                mode="error",
+                schema=schema,
                 partition_by=list(partition_by) or None,
                 storage_options=dict(options) or None,
-                writer_properties=WRITER_PROPERTIES,
+                mode="error",
                 commit_properties=CommitProperties(custom_metadata=dict(metadata)),
             )
         return cls.open(location, options)

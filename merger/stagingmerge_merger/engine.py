@@ -211,20 +211,23 @@ class _Merge:
         staging_columns = staging.columns()
         plan.check_keys(staging_columns, req.keys, "staging")
         plan.check_first_by(staging_columns, req.first_by, req.keys)
+        plan.check_readable_partitions(
+            staging_columns, staging.partition_columns(), f"staging {req.staging}"
+        )
         self.main = self._open_main()
         partition_by: list[str] = []
         if self.main is not None:
             main_columns = self.main.columns()
             plan.check_compatible(main_columns, staging_columns, req.keys)
-            plan.check_partitionable(
-                main_columns, self.main.partition_columns(), "main's partitioning"
-            )
+            written_by = self.main.partition_columns()
+            plan.check_partitionable(main_columns, written_by, f"main {req.main}")
             self.metrics.main_version_before = self.main.version
             target = plain_schema(self.main.arrow_schema())
         else:
             partition_by = plan.partition_for_new_main(staging_columns, req.partition_by)
+            written_by = partition_by
             target = plain_schema(staging.arrow_schema())
-        rows = self._audit(staging)
+        rows = self._audit(staging, plan.decimal_partitions(staging_columns, written_by))
         key_types = {k: staging_columns[k].type_name for k in req.keys}
         key_schema = pa.schema([target.field(k) for k in req.keys])
         planned = _Plan(rows, [], key_types, key_schema, target, partition_by)
@@ -232,7 +235,7 @@ class _Merge:
             self._plan_spans(staging, planned)
         return planned
 
-    def _audit(self, staging: Table) -> int:
+    def _audit(self, staging: Table, decimal_partitions: Sequence[str]) -> int:
         """Count staging's rows and, in the same pushed-down query, the rows breaking each
         rule main would refuse them for (NULL keys too: NULL never equals NULL, so a NULL
         key could be inserted again on every rerun). Returns staging's row count."""
@@ -241,6 +244,7 @@ class _Merge:
             self.req.keys,
             main.columns() if main else None,
             main.configuration() if main else None,
+            decimal_partitions,
         )
         counts = staging.query(checks.audit_sql(QUERY_TABLE, rules)).to_pylist()[0]
         found = checks.violations(rules, counts)
@@ -319,7 +323,7 @@ class _Merge:
         for attempt in range(1, MAX_COMMIT_ATTEMPTS + 1):
             if self.main is None and attempt > 1:
                 self.main = self._open_main()  # another writer may have created it
-            read_version = self.main.latest_version() if self.main else -1
+            read_version = self.main.latest_version() if self.main else 0
             present = (
                 self.main.scan(names, predicate).cast(planned.key_schema)
                 if self.main
@@ -400,17 +404,22 @@ class _Merge:
     def _commit(
         self, rows: Iterator[pa.RecordBatch], planned: _Plan, metadata: dict[str, str]
     ) -> int:
-        """Append to main, or create main with these rows (version 0) when it is missing."""
-        if self.main is not None:
-            return self.main.append(rows, planned.target, metadata)
+        """Append to main, creating main first (empty, version 0) when it is missing."""
+        if self.main is None:
+            self._create_main(planned)
+        assert self.main is not None
+        return self.main.append(rows, planned.target, metadata)
+
+    def _create_main(self, planned: _Plan) -> None:
+        """Create main with staging's columns (after every check passed, before the first
+        append); a failed create leaves nothing behind."""
         try:
             self.main = Table.create(
                 self.req.main,
                 self.options,
-                rows,
                 planned.target,
                 planned.partition_by,
-                {**metadata, "stagingmerge.created_from": str(self.req.staging)},
+                {"stagingmerge.created_from": str(self.req.staging)},
             )
         except MergeError:
             Prefix(self.req.main, self.options).delete_if_not_a_table()
@@ -422,7 +431,6 @@ class _Merge:
             partition_by=planned.partition_by,
             version=self.main.version,
         )
-        return self.main.version
 
     def _repair(
         self, new: pa.Table, key_types: dict[str, str], key_schema: pa.Schema, committed: int

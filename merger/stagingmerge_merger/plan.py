@@ -212,7 +212,8 @@ def partition_for_new_main(columns: Mapping[str, Column], requested: Sequence[st
 def check_partitionable(
     columns: Mapping[str, Column], partition_by: Sequence[str], what: str
 ) -> None:
-    """Refuse partition columns whose type Delta cannot hold as a partition value."""
+    """Refuse partition columns whose type Delta cannot hold as a partition value, and
+    binary ones: delta-rs reads a binary partition value back as its escaped text."""
     bad = [
         f"{c} ({columns[c].type_name})"
         for c in partition_by
@@ -223,6 +224,24 @@ def check_partitionable(
             f"{what} names columns Delta cannot partition by: {', '.join(bad)};"
             " partition columns must have a primitive type"
         )
+    check_readable_partitions(columns, partition_by, what)
+
+
+def check_readable_partitions(
+    columns: Mapping[str, Column], partition_by: Sequence[str], what: str
+) -> None:
+    binary = [c for c in partition_by if c in columns and columns[c].type_name == "binary"]
+    if binary:
+        raise InvalidInputError(
+            f"{what} has binary partition columns ({', '.join(binary)}), whose values"
+            f" deltalake reads back as escaped text, not bytes; refusing rather than"
+            " merging wrong values"
+        )
+
+
+def decimal_partitions(columns: Mapping[str, Column], partition_by: Sequence[str]) -> list[str]:
+    """Decimal partition columns of a main delta-rs will write to."""
+    return [c for c in partition_by if c in columns and columns[c].type_name.startswith("decimal")]
 
 
 # --- batches ------------------------------------------------------------------------

@@ -313,7 +313,9 @@ class Prefix:
         """Remove what a failed first write left (data files, no log), so the location
         reads as missing again instead of as "files but no _delta_log/"."""
         state = self.state()
-        if state.exists and not state.has_delta_log:
+        if not state.exists and self.location.is_local:
+            _remove_empty_dirs(Path(self.location.path))  # a folder the failed create made
+        elif state.exists and not state.has_delta_log:
             deleted = self.delete_all()
             if deleted:
                 structlog.get_logger("stagingmerge.merge").info(

@@ -1,11 +1,13 @@
 """Property: for any main, any staging (overlaps, repeats, several files), any batch size and
 any staging layout (plain, partitioned, column-mapped by name or id), main after the merge
-holds exactly the union, each key once, the copy the README's rule picks winning."""
+holds exactly the union, each key once, the copy the README's rule picks winning; and a dry
+run beforehand counts exactly what the merge then does."""
 
 from __future__ import annotations
 
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -53,16 +55,21 @@ def test_main_becomes_the_union(main_keys, files, batch_rows, staging_layout, ma
             )
             seq += len(file_keys)
 
-        metrics = run_merge(
-            MergeRequest(
-                main=parse_location(str(main)),
-                staging=parse_location(str(staging)),
-                keys=("log", "index"),
-                batch_rows=batch_rows,
-                first_by=("seq",),  # written order: the first copy written wins
-            ),
-            MergeMetrics(),
+        request = MergeRequest(
+            main=parse_location(str(main)),
+            staging=parse_location(str(staging)),
+            keys=("log", "index"),
+            batch_rows=batch_rows,
+            first_by=("seq",),  # written order: the first copy written wins
         )
+        dry = run_merge(replace(request, dry_run=True), MergeMetrics())
+        metrics = run_merge(request, MergeMetrics())
+        assert (dry.inserted, dry.skipped_existing, dry.skipped_duplicates, dry.batches) == (
+            metrics.inserted,
+            metrics.skipped_existing,
+            metrics.skipped_duplicates,
+            metrics.batches,
+        ), "a dry run counts exactly what the run does"
 
         expected: dict[tuple[str, int], str] = {k: "main" for k in main_keys}
         for number, file_keys in enumerate(files):
