@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import DeltaTable, write_deltalake
 
+from stagingmerge_merger.delta import Handoff, plain_schema
 from stagingmerge_merger.sample import LOGS
 
 ORIGINAL_BATCH = 8_192
@@ -30,12 +31,13 @@ def plain_append(main: str, staging: str) -> int:
     oracle = json.loads((Path(staging).parent / "oracle.json").read_text())
     bases = pa.array(oracle["bases"], pa.int64())
     urls = pa.array([url for _, url in LOGS[: len(oracle["bases"])]])
-    dataset = DeltaTable(staging).to_pyarrow_dataset()
+    staging_table = DeltaTable(staging)
     inserted = 0
 
     def batches():
         nonlocal inserted
-        for batch in dataset.to_batches(batch_size=8192):
+        for raw in staging_table.scan():  # delta-rs's own reader, as the merge reads
+            batch = pa.record_batch(raw)
             base = bases.take(pc.index_in(batch["source_url"], urls))
             offset = pc.subtract(pc.subtract(batch["cert_index"], base), oracle["low"])
             held = pc.greater(
@@ -47,17 +49,20 @@ def plain_append(main: str, staging: str) -> int:
             yield keep
 
     dt = DeltaTable(main)
-    schema = pa.schema(dt.schema().to_arrow())
-    reader = pa.RecordBatchReader.from_batches(
-        schema, (b.select(schema.names).cast(schema) for b in batches())
-    )
-    write_deltalake(dt, reader, mode="append")
+    schema = plain_schema(pa.schema(dt.schema().to_arrow()))
+    # delta-rs's writer cannot pull from a delta-rs scan on its own runtime: the rows are
+    # handed over from a thread, exactly as the merge does it.
+    handoff = Handoff(b.select(schema.names).cast(schema) for b in batches())
+    with handoff.feeding():
+        write_deltalake(dt, pa.RecordBatchReader.from_batches(schema, iter(handoff)), mode="append")
     return inserted
 
 
 def original(main: str, staging: str) -> int:
     """The original design: collect all of staging, then one MERGE per ~8 K rows."""
-    rows = DeltaTable(staging).to_pyarrow_table()
+    source = DeltaTable(staging)
+    schema = plain_schema(pa.schema(source.schema().to_arrow()))
+    rows = pa.table(source.scan()).select(schema.names).cast(schema)
     dt = DeltaTable(main)
     inserted = 0
     for start in range(0, rows.num_rows, ORIGINAL_BATCH):

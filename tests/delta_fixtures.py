@@ -103,6 +103,28 @@ def _add_feature(actions: list[dict[str, Any]], feature: str, reader: bool = Tru
             protocol["readerFeatures"] = sorted(reader_features)
 
 
+def upgrade_protocol(
+    table: Path,
+    reader_features: Sequence[str] = (),
+    writer_features: Sequence[str] = (),
+    configuration: dict[str, str] | None = None,
+    extra_actions: Sequence[dict[str, Any]] = (),
+) -> None:
+    """Rewrite the first commit as a table-features table (reader 3, writer 7) with these
+    features and properties, as Spark or Databricks write them (for example column mapping
+    as a reader feature, row tracking, liquid clustering with its domain metadata)."""
+    commits = _commit_files(table)
+    actions = _read_actions(commits[0])
+    for feature in reader_features:
+        _add_feature(actions, feature, reader=True)
+    for feature in writer_features:
+        _add_feature(actions, feature, reader=False)
+    for action in actions:
+        if "metaData" in action:
+            action["metaData"].setdefault("configuration", {}).update(configuration or {})
+    _write_actions(commits[0], [*actions, *extra_actions])
+
+
 def delete_rows_with_vectors(table: Path, rows_of_file: dict[int, Sequence[int]]) -> int:
     """Attach inline deletion vectors to the add actions of the last commit, in a new
     commit (remove + add with the vector, as a DELETE by Spark would); `rows_of_file` maps

@@ -73,7 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=250_000,
         metavar="N",
-        help="staging rows per batch; one Delta commit each (default: %(default)s)",
+        help="rows inserted per batch at most; one Delta commit each (default: %(default)s)",
+    )
+    p.add_argument(
+        "--key-memory",
+        default="512M",
+        metavar="SIZE",
+        help="memory for the keys of one span of staging's key space (e.g. 512M, 2G); a "
+        "staging whose keys need more is merged span by span (default: %(default)s)",
     )
     p.add_argument(
         "--keep-staging", action="store_true", help="do not delete staging after a successful merge"
@@ -132,6 +139,7 @@ def request_from_args(args: argparse.Namespace) -> MergeRequest:
         partition_by=plan.parse_columns(args.partition_by, "--partition-by"),
         allowed_prefixes=tuple(allowed_prefixes()),
         first_by=plan.parse_columns(args.first_by, "--first-by"),
+        key_memory=plan.parse_size(args.key_memory, "--key-memory"),
     )
 
 

@@ -43,7 +43,7 @@ from .storage import Location, looks_like_auth_error, one_line, scrub
 WRITER_PROPERTIES = WriterProperties(max_row_group_size=16_384, compression="SNAPPY")
 QUERY_TABLE = "t"  # the name a table has in the SQL of Table.query
 
-__all__ = ["CommitConflictError", "Table", "TableNotFoundError", "plain_schema"]
+__all__ = ["CommitConflictError", "Handoff", "Table", "TableNotFoundError", "plain_schema"]
 
 
 def plain_schema(schema: pa.Schema) -> pa.Schema:
@@ -69,7 +69,7 @@ def _plain_type(kind: pa.DataType) -> pa.DataType:
     return kind
 
 
-class _Handoff:
+class Handoff:
     """Rows for a delta-rs writer, produced on a thread of their own.
 
     delta-rs's writer pulls its input from one of its runtime's threads, and a delta-rs
@@ -242,7 +242,7 @@ class Table:
         self, batches: Iterator[pa.RecordBatch], schema: pa.Schema, metadata: Mapping[str, str]
     ) -> int:
         """Append in one commit; return the version committed."""
-        handoff = _Handoff(batches)
+        handoff = Handoff(batches)
         reader = pa.RecordBatchReader.from_batches(schema, iter(handoff))
         with handoff.feeding(), translate_errors(self.location, self._options, "append to"):
             write_deltalake(

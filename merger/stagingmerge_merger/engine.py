@@ -29,7 +29,7 @@ from typing import Protocol
 import pyarrow as pa
 import structlog
 
-from . import __version__, checks, failpoints, keysets, keyspace, plan
+from . import __version__, checks, failpoints, keysets, keyspace, plan, selection
 from .delta import QUERY_TABLE, CommitConflictError, Table, TableNotFoundError, plain_schema
 from .errors import InvalidInputError, MergeError, MergeInterruptedError, StagingChangedError
 from .metrics import (
@@ -45,6 +45,10 @@ from .storage import Location, Prefix, check_deletable, redact_options
 log = structlog.get_logger("stagingmerge.merge")
 
 MAX_COMMIT_ATTEMPTS = 5
+DEFAULT_KEY_MEMORY = 512 << 20  # keys of one span; ~2 M CT keys: sized for a 2 GiB pod
+# A span holds its staging keys several times over (all, distinct, new, main's present)
+# and the hash tables of the joins: bytes per key = KEY_OVERHEAD x the Arrow bytes.
+KEY_OVERHEAD = 4
 REPAIR_ATTEMPTS = 10  # a leftover duplicate is worse than a slow batch
 REPAIR_CHUNK = 500  # keys per rewrite predicate when repairing concurrent duplicates
 
@@ -61,6 +65,7 @@ class MergeRequest:
     partition_by: tuple[str, ...] = ()
     allowed_prefixes: tuple[Location, ...] = ()
     first_by: tuple[str, ...] = ()  # which copy of a repeated key wins (then: fingerprint)
+    key_memory: int = DEFAULT_KEY_MEMORY  # bytes of keys one span may hold (sizes spans)
     key_sample_rows: int = 1_000_000  # planning keeps every key of a staging this small
 
 
@@ -258,30 +263,44 @@ class _Merge:
         sample = keyspace.KeySample(self.req.key_sample_rows)
         for batch in staging.stream(names, None):
             sample.add(pa.Table.from_batches([batch]))
-        planned.spans = keyspace.plan_spans(
-            sample.table(), names, planned.rows, self.req.batch_rows
+        table = sample.table()
+        key_bytes = max(1, KEY_OVERHEAD * table.nbytes // max(1, table.num_rows))
+        span_rows = max(self.req.batch_rows, self.req.key_memory // key_bytes)
+        planned.spans = keyspace.plan_spans(table, names, planned.rows, span_rows)
+        log.info(
+            "planned",
+            staging_rows=planned.rows,
+            spans=len(planned.spans),
+            span_rows=span_rows,
+            keys_in_hand=sample.stride == 1,
         )
         if sample.stride == 1:  # every key is in hand: no batch has to read them again
             planned.keys = keyspace.split_by_spans(sample.table(), names, planned.spans)
 
     def _merge_all(self, staging: Table, planned: _Plan) -> None:
         spans = planned.spans
-        self.metrics.batches_planned = len(spans)
-        self.progress.start(len(spans), planned.rows)
+        self.metrics.batches_planned = selection.batch_count(planned.rows, self.req.batch_rows)
+        self.progress.start(self.metrics.batches_planned, planned.rows)
+        rows_left = planned.rows
         for index, span in enumerate(spans):
-            if self.should_stop():
-                self.metrics.outcome = INTERRUPTED
-                raise MergeInterruptedError(
-                    f"stopped by a signal after {index} of {len(spans)} batches;"
-                    " staging is kept, rerun to merge the rest"
-                )
             keys = planned.keys[index] if planned.keys is not None else None
-            result = self._merge_batch(index, staging, planned, span, keys)
-            self._count(result)
-            self.progress.batch_done(result, self.metrics)
+            span_rows = self._merge_span(index, staging, planned, span, keys)
+            rows_left -= span_rows
+            # what is known now: the batches done, and an estimate for the rest
+            self.metrics.batches_planned = self.metrics.batches + (
+                selection.batch_count(rows_left, self.req.batch_rows) if rows_left else 0
+            )
         self.progress.close()  # before the clean-up logs; run_merge closes it again, harmlessly
         if self.main is not None:
             self.metrics.main_version_after = self.main.version
+
+    def _stop_if_asked(self) -> None:
+        if self.should_stop():
+            self.metrics.outcome = INTERRUPTED
+            raise MergeInterruptedError(
+                f"stopped by a signal after {self.metrics.batches} batches;"
+                " staging is kept, rerun to merge the rest"
+            )
 
     def _open(self, location: Location, role: str) -> Table:
         try:
@@ -300,106 +319,121 @@ class _Merge:
             )
         return self._open(self.req.main, "main")
 
-    # --- one batch -----------------------------------------------------------------
+    # --- one span ------------------------------------------------------------------
 
-    def _merge_batch(
+    def _merge_span(
         self,
         index: int,
         staging: Table,
         planned: _Plan,
         span: keyspace.Span,
         keys: pa.Table | None,
-    ) -> BatchResult:
-        started = time.monotonic()
+    ) -> int:
+        """Merge one span: its keys against main's once, then its new rows in commits of
+        at most batch_rows rows. Returns the span's staging rows."""
         names = self.req.keys
         where = keyspace.span_predicate(names, planned.key_types, span)
         if keys is None:
             keys = staging.scan(names, where)
         distinct, repeated = keysets.distinct_and_repeated(keys, names)
-        duplicates = keys.num_rows - distinct.num_rows
         predicate = plan.range_predicate(
             names, planned.key_types, keysets.key_ranges(distinct, names)
         )
+        tally = _SpanTally(rows=keys.num_rows, distinct=distinct.num_rows)
         for attempt in range(1, MAX_COMMIT_ATTEMPTS + 1):
             if self.main is None and attempt > 1:
                 self.main = self._open_main()  # another writer may have created it
-            read_version = self.main.latest_version() if self.main else 0
+            base = self.main.latest_version() if self.main else 0
             present = (
                 self.main.scan(names, predicate).cast(planned.key_schema)
                 if self.main
                 else planned.key_schema.empty_table()
             )
             new = keysets.anti_join(distinct, present, names)
-            result = BatchResult(
-                index=index,
-                rows=keys.num_rows,
-                inserted=new.num_rows,
-                skipped_existing=distinct.num_rows - new.num_rows,
-                skipped_duplicates=duplicates,
-                version=read_version if self.main else None,
-                seconds=0.0,
-            )
             if new.num_rows == 0 or self.req.dry_run:
-                return _timed(result, started)
-            rows = self._rows_to_insert(
-                staging, where, new, keysets.semi_join(repeated, new, names), planned.target
+                self._count_without_commits(tally, new.num_rows)
+                return tally.rows
+            rows = selection.rows_to_insert(
+                staging.stream(planned.target.names, where),
+                new,
+                keysets.semi_join(repeated, new, names),
+                names,
+                self.req.first_by,
             )
-            metadata = {
-                "stagingmerge.staging": str(self.req.staging),
-                "stagingmerge.staging_version": str(self.metrics.staging_version),
-                "stagingmerge.batch": f"{index + 1}/{len(planned.spans)}",
-                "stagingmerge.version": __version__,
-            }
             try:
-                committed = self._commit(_then_failpoint(rows), planned, metadata)
+                self._commit_pieces(
+                    selection.Pieces(rows, self.req.batch_rows), planned, base, tally
+                )
+                return tally.rows
             except CommitConflictError as exc:
                 self.metrics.commit_retries += 1
                 log.warning(
-                    "commit conflict; retrying the batch",
-                    batch=index + 1,
+                    "commit conflict; reading the span again",
+                    span=index + 1,
                     attempt=attempt,
                     error=str(exc),
                 )
-                continue
-            failpoints.hit("batch-after-commit")
-            others = committed - read_version - 1
-            repaired = (
-                self._repair(new, planned.key_types, planned.key_schema, committed) if others else 0
-            )
-            return _timed(
-                replace(result, version=committed, concurrent_commits=others, repaired=repaired),
-                started,
-            )
         raise MergeError(
-            f"batch {index + 1}: commit to {self.req.main} failed {MAX_COMMIT_ATTEMPTS} times"
+            f"span {index + 1}: commits to {self.req.main} failed {MAX_COMMIT_ATTEMPTS} times"
             " on conflicts with other writers; rerun"
         )
 
-    def _rows_to_insert(
-        self,
-        staging: Table,
-        where: str | None,
-        new: pa.Table,
-        repeated: pa.Table,
-        target: pa.Schema,
-    ) -> Iterator[pa.RecordBatch]:
-        """Staging's rows in the span whose key is `new`, streamed; the copies of keys
-        staging repeats are held back until the span is read, then one winner each."""
+    def _commit_pieces(
+        self, pieces: selection.Pieces, planned: _Plan, base: int, tally: _SpanTally
+    ) -> None:
+        """One commit per piece. A commit whose version shows other writers' commits since
+        the span read main (`base`) gets its keys re-checked and repaired."""
         names = self.req.keys
-        held: list[pa.Table] = []
-        for batch in staging.stream(target.names, where):
-            rows = pa.Table.from_batches([batch])
-            wanted = rows.take(keysets.positions_in(rows, new, names))
-            if repeated.num_rows:
-                twice = keysets.positions_in(wanted, repeated, names)
-                if len(twice):
-                    held.append(wanted.take(twice))
-                    wanted = wanted.take(keysets.other_positions(wanted.num_rows, twice))
-            yield from wanted.to_batches()
-        if held:
-            yield from keysets.pick_winners(
-                pa.concat_tables(held), names, self.req.first_by
-            ).to_batches()
+        ours = 0  # our commits since base
+        held: BatchResult | None = None  # the span's last batch takes what is left
+        while (piece := pieces.next_piece()) is not None:
+            if held is not None:
+                self._record(held)
+            self._stop_if_asked()
+            started = time.monotonic()
+            written: list[pa.Table] = []
+            metadata = {
+                "stagingmerge.staging": str(self.req.staging),
+                "stagingmerge.staging_version": str(self.metrics.staging_version),
+                "stagingmerge.batch": str(self.metrics.batches + 1),
+                "stagingmerge.version": __version__,
+            }
+            before = self.main.version if self.main else 0
+            committed = self._commit(
+                _then_failpoint(_keeping_keys(piece, names, written)), planned, metadata
+            )
+            ours += 1
+            failpoints.hit("batch-after-commit")
+            inserted = pa.concat_tables(written) if written else planned.key_schema.empty_table()
+            repaired = (
+                self._repair(inserted, planned.key_types, planned.key_schema, committed)
+                if committed - base - ours > 0
+                else 0
+            )
+            held = replace(
+                tally.piece(inserted.num_rows),
+                version=committed,
+                concurrent_commits=committed - before - 1,
+                repaired=repaired,
+                seconds=time.monotonic() - started,
+            )
+        assert held is not None  # a span with new keys has rows to insert
+        self._record(tally.last(held))
+
+    def _count_without_commits(self, tally: _SpanTally, new: int) -> None:
+        """A dry run, or a span with nothing new: the batches a real run would make."""
+        count = selection.batch_count(new, self.req.batch_rows)
+        for number in range(count):
+            self._stop_if_asked()
+            result = tally.piece(min(self.req.batch_rows, new - number * self.req.batch_rows))
+            if self.main is not None:
+                result = replace(result, version=self.main.version)
+            self._record(tally.last(result) if number == count - 1 else result)
+
+    def _record(self, result: BatchResult) -> None:
+        result = replace(result, index=self.metrics.batches)
+        self._count(result)
+        self.progress.batch_done(result, self.metrics)
 
     def _commit(
         self, rows: Iterator[pa.RecordBatch], planned: _Plan, metadata: dict[str, str]
@@ -520,6 +554,38 @@ class _Merge:
         log.info("deleted staging", staging=str(self.req.staging), objects=deleted)
 
 
+@dataclass
+class _SpanTally:
+    """A span's counts, handed out batch by batch: each batch its inserted rows, the
+    span's last batch also the rest (copies of keys main held, repeated copies)."""
+
+    rows: int
+    distinct: int
+    inserted: int = 0
+
+    def piece(self, inserted: int) -> BatchResult:
+        self.inserted += inserted
+        return BatchResult(0, inserted, inserted, 0, 0, None, 0.0)
+
+    def last(self, result: BatchResult) -> BatchResult:
+        existing, duplicates = self.distinct - self.inserted, self.rows - self.distinct
+        return replace(
+            result,
+            rows=result.rows + existing + duplicates,
+            skipped_existing=existing,
+            skipped_duplicates=duplicates,
+        )
+
+
+def _keeping_keys(
+    rows: Iterator[pa.RecordBatch], names: Sequence[str], into: list[pa.Table]
+) -> Iterator[pa.RecordBatch]:
+    """The rows, unchanged; the key columns of each go to `into` (to re-check them)."""
+    for batch in rows:
+        into.append(pa.Table.from_batches([batch]).select(list(names)))
+        yield batch
+
+
 def _one_per_key(rows: pa.Table, names: Sequence[str]) -> pa.Table:
     numbered = keysets.with_positions(rows, 0)
     keep = keysets.first_occurrences(numbered.select([*names, keysets.POSITION]), names)
@@ -530,7 +596,3 @@ def _then_failpoint(rows: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
     """The rows, then the `batch-before-commit` crash point (files written, no commit)."""
     yield from rows
     failpoints.hit("batch-before-commit")
-
-
-def _timed(result: BatchResult, started: float) -> BatchResult:
-    return replace(result, seconds=time.monotonic() - started)

@@ -51,6 +51,25 @@ def parse_columns(text: str, option: str) -> tuple[str, ...]:
     return columns
 
 
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str, option: str) -> int:
+    """`512M`, `2G`, `1.5G`, `100000` (bytes): a memory size."""
+    raw = text.strip().lower().removesuffix("ib").removesuffix("b")
+    unit = raw[-1:] if raw[-1:] in _SIZE_UNITS else ""
+    try:
+        value = float(raw[: len(raw) - len(unit)] if unit else raw)
+    except ValueError:
+        raise InvalidInputError(
+            f"{option} must be a size such as 512M or 2G, got {text!r}"
+        ) from None
+    size = int(value * _SIZE_UNITS[unit])
+    if size <= 0:
+        raise InvalidInputError(f"{option} must be positive, got {text!r}")
+    return size
+
+
 def parse_batch_rows(value: int) -> int:
     if value <= 0:
         raise InvalidInputError(f"--batch-rows must be a positive number of rows, got {value}")

@@ -20,7 +20,7 @@ from deltalake import DeltaTable
 
 from tests.helpers import CLI, ct, read, run_cli, run_cli_after_first_batch, write
 
-ARGS = ("--batch-rows", "20")
+ARGS = ("--batch-rows", "10")
 
 
 def content_hash(table_path: Path) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import hashlib
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -292,6 +293,67 @@ def test_int96_timestamps_at_the_end_of_time(paths):
     utc = [t.replace(tzinfo=UTC) for t in times]
     want = [{"log": "a", "index": 1, "ts": utc[0]}, {"log": "b", "index": 2, "ts": utc[1]}]
     merge_exactly(main, staging, want)
+
+
+# Protocols as Spark and Databricks write them: table features delta-rs reads (row tracking
+# and liquid clustering are writer features, column mapping a reader feature too), each on
+# a staging table with repeated keys.
+SPARK_PROTOCOLS = {
+    "column mapping as a reader feature": (
+        ["columnMapping"],
+        ["columnMapping"],
+        {"delta.columnMapping.mode": "name", "delta.columnMapping.maxColumnId": "4"},
+        [],
+    ),
+    "row tracking": (
+        [],
+        ["rowTracking", "domainMetadata"],
+        {"delta.enableRowTracking": "true"},
+        [],
+    ),
+    "liquid clustering": (
+        [],
+        ["clustering", "domainMetadata"],
+        {},
+        [
+            {
+                "domainMetadata": {
+                    "domain": "delta.clustering",
+                    "configuration": json.dumps({"clusteringColumns": [["index"]]}),
+                    "removed": False,
+                }
+            }
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SPARK_PROTOCOLS))
+def test_table_features_spark_and_databricks_write(paths, case):
+    main, staging = paths
+    reader, writer, configuration, extra = SPARK_PROTOCOLS[case]
+    rows = staged(["a", "b", "b", "c"], [1, 2, 2, 3])
+    column_mapped = "columnMapping" in reader
+    write_deltalake(
+        str(staging),
+        rows,
+        configuration={"delta.columnMapping.mode": "name"} if column_mapped else None,
+    )
+    delta_fixtures.upgrade_protocol(staging, reader, writer, configuration, extra)
+    protocol = DeltaTable(str(staging)).protocol()
+    assert set(writer) <= set(protocol.writer_features or [])
+    merge_exactly(main, staging, expected(None, rows))
+
+
+def test_a_reader_feature_delta_rs_cannot_read_is_refused_before_anything_is_written(paths):
+    """vacuumProtocolCheck: delta-rs's own scan refuses it, so the merge does too (exit 2),
+    before main exists."""
+    main, staging = paths
+    write_deltalake(str(staging), staged(["a"], [1]))
+    delta_fixtures.upgrade_protocol(staging, ["vacuumProtocolCheck"], ["vacuumProtocolCheck"])
+    with pytest.raises(InvalidInputError, match="VacuumProtocolCheck"):
+        merge(main, staging)
+    assert not main.exists()
 
 
 # --- main's rules, checked before the first write ---------------------------------------

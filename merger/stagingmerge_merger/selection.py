@@ -1,0 +1,82 @@
+"""Which of a span's staging rows are inserted, and how they are cut into commits (pure).
+
+The rows come as a stream of record batches (a delta-rs scan of the span, in no
+particular order). `rows_to_insert` keeps the rows whose key is new to main; a key staging
+holds more than once is held back until the stream ends, then its winning copy is
+emitted (keysets.pick_winners). `cut` splits a stream into consecutive pieces of at most
+`size` rows, one commit each, without reading ahead of the piece being written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import pyarrow as pa
+
+from . import keysets
+
+
+def rows_to_insert(
+    batches: Iterator[pa.RecordBatch],
+    new: pa.Table,
+    repeated: pa.Table,
+    names: Sequence[str],
+    first_by: Sequence[str],
+) -> Iterator[pa.RecordBatch]:
+    """The rows of `batches` whose key is in `new` (distinct keys), each key once.
+
+    `repeated` holds the keys of `new` that `batches` contains more than once: their
+    copies are held back (at most the span's repeated rows) and one winner each is
+    emitted at the end."""
+    held: list[pa.Table] = []
+    for batch in batches:
+        rows = pa.Table.from_batches([batch])
+        wanted = rows.take(keysets.positions_in(rows, new, names))
+        if repeated.num_rows:
+            twice = keysets.positions_in(wanted, repeated, names)
+            if len(twice):
+                held.append(wanted.take(twice))
+                wanted = wanted.take(keysets.other_positions(wanted.num_rows, twice))
+        yield from wanted.to_batches()
+    if held:
+        yield from keysets.pick_winners(pa.concat_tables(held), names, first_by).to_batches()
+
+
+class Pieces:
+    """`batches` cut into consecutive pieces of at most `size` rows (the last may be
+    shorter); iterate each piece to its end before asking for the next."""
+
+    def __init__(self, batches: Iterator[pa.RecordBatch], size: int) -> None:
+        self._batches = batches
+        self._size = size
+        self._carry: pa.RecordBatch | None = None
+        self._done = False
+
+    def next_piece(self) -> Iterator[pa.RecordBatch] | None:
+        """The next piece, or None when the stream is exhausted."""
+        if self._carry is None and not self._done:
+            self._carry = next(self._batches, None)
+            self._done = self._carry is None
+        if self._carry is None:
+            return None
+        return self._piece()
+
+    def _piece(self) -> Iterator[pa.RecordBatch]:
+        left = self._size
+        while left > 0:
+            batch = self._carry if self._carry is not None else next(self._batches, None)
+            self._carry = None
+            if batch is None:
+                self._done = True
+                return
+            if batch.num_rows > left:
+                self._carry = batch.slice(left)
+                batch = batch.slice(0, left)
+            left -= batch.num_rows
+            if batch.num_rows:
+                yield batch
+
+
+def batch_count(rows: int, size: int) -> int:
+    """How many pieces of at most `size` rows `rows` rows make (at least one)."""
+    return max(1, -(-rows // size))
