@@ -32,12 +32,13 @@ def plain_append(main: str, staging: str) -> int:
     bases = pa.array(oracle["bases"], pa.int64())
     urls = pa.array([url for _, url in LOGS[: len(oracle["bases"])]])
     staging_table = DeltaTable(staging)
+    staging_schema = plain_schema(pa.schema(staging_table.schema().to_arrow()))
     inserted = 0
 
     def batches():
         nonlocal inserted
         for raw in staging_table.scan():  # delta-rs's own reader, as the merge reads
-            batch = pa.record_batch(raw)
+            batch = pa.record_batch(raw).select(staging_schema.names).cast(staging_schema)
             base = bases.take(pc.index_in(batch["source_url"], urls))
             offset = pc.subtract(pc.subtract(batch["cert_index"], base), oracle["low"])
             held = pc.greater(

@@ -272,9 +272,14 @@ def main() -> None:
         result["peak_rss_mib_max"] = max(r["peak_rss_mib"] for r in runs)
         results.append(result)
         print(json.dumps(result), flush=True)
-    record = {"machine": machine(), "when": time.strftime("%Y-%m-%d"), "results": results}
     name = f"main{args.main_rows}-staging{args.staging_rows}-batch{args.batch_rows}.json"
-    (RESULTS / name).write_text(json.dumps(record, indent=2) + "\n")
+    path = RESULTS / name
+    ran = {r["contender"] for r in results}
+    if path.exists():  # keep the contenders not run this time (e.g. the slow original)
+        kept = json.loads(path.read_text()).get("results", [])
+        results = [r for r in kept if r["contender"] not in ran] + results
+    record = {"machine": machine(), "when": time.strftime("%Y-%m-%d"), "results": results}
+    path.write_text(json.dumps(record, indent=2) + "\n")
     print(f"saved {RESULTS / name}", file=sys.stderr)
 
 

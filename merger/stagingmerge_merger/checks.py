@@ -14,7 +14,7 @@ expression; NOT NULL fails a NULL.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from .plan import Column, quote_ident
@@ -33,12 +33,21 @@ def rules_for(
     main_columns: Mapping[str, Column] | None,
     main_configuration: Mapping[str, str | None] | None,
     decimal_partitions: Sequence[str] = (),
+    never_null: Collection[str] = (),
 ) -> list[Rule]:
     """The rules a staging row must pass: keys never NULL, then (when main exists)
     main's NOT NULL columns, CHECK constraints, invariants and generated columns, and
     no negative value in a decimal partition column of main (delta-rs 1.x writes
-    those partition values wrongly: -3.25 becomes "-3.-25", which nothing can read)."""
-    rules = [Rule(f"NULL in key column {k}", f"{quote_ident(k)} IS NULL") for k in keys]
+    those partition values wrongly: -3.25 becomes "-3.-25", which nothing can read).
+
+    `never_null`: staging's columns that cannot hold NULL (declared NOT NULL in staging's
+    schema, which every Delta writer enforces, or NULL-free by every file's statistics):
+    their NULL checks are left out, so the audit reads only what can break a rule."""
+    rules = [
+        Rule(f"NULL in key column {k}", f"{quote_ident(k)} IS NULL")
+        for k in keys
+        if k not in never_null
+    ]
     rules += [
         Rule(
             f"negative value in decimal partition column {c} (deltalake writes those wrongly)",
@@ -48,7 +57,7 @@ def rules_for(
     ]
     for column in (main_columns or {}).values():
         name = quote_ident(column.name)
-        if not column.nullable and column.name not in keys:
+        if not column.nullable and column.name not in keys and column.name not in never_null:
             rules.append(Rule(f"NULL in NOT NULL column {column.name}", f"{name} IS NULL"))
         if column.invariant:
             rules.append(

@@ -39,7 +39,14 @@ from .metrics import (
     default_metrics_path,
     write_metrics,
 )
-from .storage import allowed_prefixes, one_line, parse_location, parse_storage_options, scrub
+from .storage import (
+    allowed_prefixes,
+    one_line,
+    options_from_environment,
+    parse_location,
+    parse_storage_options,
+    scrub,
+)
 
 log = structlog.get_logger("stagingmerge.merge")
 
@@ -135,7 +142,10 @@ def request_from_args(args: argparse.Namespace) -> MergeRequest:
         batch_rows=plan.parse_batch_rows(args.batch_rows),
         keep_staging=args.keep_staging,
         dry_run=args.dry_run,
-        storage_options=parse_storage_options(args.storage_option),
+        storage_options={
+            **options_from_environment(),
+            **parse_storage_options(args.storage_option),
+        },
         partition_by=plan.parse_columns(args.partition_by, "--partition-by"),
         allowed_prefixes=tuple(allowed_prefixes()),
         first_by=plan.parse_columns(args.first_by, "--first-by"),

@@ -12,12 +12,14 @@ reads a data file directly.
 from __future__ import annotations
 
 import contextlib
+import json
 import queue
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from deltalake import (
     CommitProperties,
     DeltaTable,
@@ -50,6 +52,15 @@ def plain_schema(schema: pa.Schema) -> pa.Schema:
     """`schema` without field metadata (column-mapping ids, generation expressions): the
     shape rows are cast to and written with; delta-rs maps names to physical columns."""
     return pa.schema([pa.field(f.name, _plain_type(f.type), f.nullable) for f in schema])
+
+
+def _physical_names(schema: Mapping[str, Any]) -> dict[str, str]:
+    """Logical -> physical column names (column mapping); file statistics use the latter."""
+    names = {}
+    for field in schema["fields"]:
+        physical = (field.get("metadata") or {}).get("delta.columnMapping.physicalName")
+        names[field["name"]] = str(physical or field["name"])
+    return names
 
 
 def _plain_type(kind: pa.DataType) -> pa.DataType:
@@ -203,6 +214,41 @@ class Table:
 
     def partition_columns(self) -> list[str]:
         return list(self._dt.metadata().partition_columns)
+
+    def never_null(self) -> set[str]:
+        """Top-level columns that cannot hold NULL here: declared NOT NULL (every Delta
+        writer enforces it), or with a NULL count of 0 in the statistics of every file
+        (statistics count the rows a file was written with, so deletion vectors can only
+        lower the true count). Partition columns are judged by their values."""
+        columns = self.columns()
+        found = {name for name, column in columns.items() if not column.nullable}
+        with translate_errors(self.location, self._options, "read the file statistics of"):
+            actions = pa.table(self._dt.get_add_actions(flatten=True))
+        if actions.num_rows == 0:
+            return set(columns)
+        physical = _physical_names(json.loads(self._dt.schema().to_json()))
+        partitions = set(self.partition_columns())
+        for name in columns:
+            if name in found:
+                continue
+            if name in partitions:
+                values = next(
+                    (
+                        f"partition.{n}"
+                        for n in (name, physical.get(name))
+                        if f"partition.{n}" in actions.column_names
+                    ),
+                    None,
+                )
+                if values is not None and actions[values].null_count == 0:
+                    found.add(name)
+                continue
+            counts = f"null_count.{physical.get(name, name)}"
+            if counts in actions.column_names:
+                column = actions[counts]
+                if column.null_count == 0 and pc.max(column).as_py() == 0:
+                    found.add(name)
+        return found
 
     def configuration(self) -> dict[str, str | None]:
         return dict(self._dt.metadata().configuration)

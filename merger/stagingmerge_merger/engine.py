@@ -250,6 +250,7 @@ class _Merge:
             main.columns() if main else None,
             main.configuration() if main else None,
             decimal_partitions,
+            never_null=staging.never_null(),
         )
         counts = staging.query(checks.audit_sql(QUERY_TABLE, rules)).to_pylist()[0]
         found = checks.violations(rules, counts)

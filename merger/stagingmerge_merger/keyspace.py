@@ -102,14 +102,30 @@ def plan_spans(
 
 def split_by_spans(keys: pa.Table, names: Sequence[str], spans: Sequence[Span]) -> list[pa.Table]:
     """The rows of `keys` inside each span, in span order (spans from plan_spans)."""
+    if len(spans) == 1:
+        return [keys.select(list(names))]
     ordered = keys.select(list(names)).sort_by([(n, "ascending") for n in names])
-    tuples = list(zip(*(ordered[n].to_pylist() for n in names), strict=True))
+    rows = _Rows(ordered, names)
     pieces, start = [], 0
     for span in spans:
-        stop = len(tuples) if span.high is None else bisect.bisect_left(tuples, span.high, start)
+        stop = len(rows) if span.high is None else bisect.bisect_left(rows, span.high, start)
         pieces.append(ordered.slice(start, stop - start))
         start = stop
     return pieces
+
+
+class _Rows(Sequence[KeyTuple]):
+    """A sorted key table seen as a sequence of tuples, read only where bisect looks."""
+
+    def __init__(self, table: pa.Table, names: Sequence[str]) -> None:
+        self._columns = [table[n] for n in names]
+        self._length = int(table.num_rows)
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, index: int) -> KeyTuple:  # type: ignore[override]
+        return tuple(column[index].as_py() for column in self._columns)
 
 
 def span_predicate(names: Sequence[str], types: Mapping[str, str], span: Span) -> str | None:

@@ -29,8 +29,7 @@ def rows_to_insert(
     copies are held back (at most the span's repeated rows) and one winner each is
     emitted at the end."""
     held: list[pa.Table] = []
-    for batch in batches:
-        rows = pa.Table.from_batches([batch])
+    for rows in _chunks(batches, FILTER_ROWS):
         wanted = rows.take(keysets.positions_in(rows, new, names))
         if repeated.num_rows:
             twice = keysets.positions_in(wanted, repeated, names)
@@ -40,6 +39,23 @@ def rows_to_insert(
         yield from wanted.to_batches()
     if held:
         yield from keysets.pick_winners(pa.concat_tables(held), names, first_by).to_batches()
+
+
+FILTER_ROWS = 8_192  # rows filtered at a time; measured: 64 K-row chunks made the merge slower
+
+
+def _chunks(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.Table]:
+    """Record batches gathered into tables of about `rows` rows (fewer, larger joins)."""
+    gathered: list[pa.RecordBatch] = []
+    count = 0
+    for batch in batches:
+        gathered.append(batch)
+        count += batch.num_rows
+        if count >= rows:
+            yield pa.Table.from_batches(gathered)
+            gathered, count = [], 0
+    if gathered:
+        yield pa.Table.from_batches(gathered)
 
 
 class Pieces:

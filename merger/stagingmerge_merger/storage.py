@@ -163,24 +163,44 @@ def parse_storage_options(pairs: Iterable[str]) -> dict[str, str]:
     return options
 
 
+STORAGE_OPTIONS_ENV = "STAGINGMERGE_STORAGE_OPTIONS"
+
+
+def options_from_environment(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """STAGINGMERGE_STORAGE_OPTIONS: a JSON object of storage options (how the operator
+    hands a Job its non-secret options, keeping them off the command line)."""
+    raw = environ.get(STORAGE_OPTIONS_ENV, "").strip()
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        raise InvalidInputError(f"{STORAGE_OPTIONS_ENV} is not a JSON object") from None
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise InvalidInputError(f"{STORAGE_OPTIONS_ENV} must map strings to strings")
+    return value
+
+
 def redact_option_text(pair: str) -> str:
     key = pair.partition("=")[0]
     return f"{key}=***" if "=" in pair else "***"
 
 
-def _is_secret_name(key: str) -> bool:
+def is_secret_name(key: str) -> bool:
     return any(hint in key.upper() for hint in _SECRET_HINTS)
 
 
 def redact_options(options: Mapping[str, str]) -> dict[str, str]:
     """The options as they may be logged: values of secret-looking keys replaced."""
-    return {key: "***" if _is_secret_name(key) else value for key, value in options.items()}
+    return {key: "***" if is_secret_name(key) else value for key, value in options.items()}
 
 
 def scrub(message: str, options: Mapping[str, str]) -> str:
     """Replace every secret-looking storage option or cloud env var value in a message."""
     env = {k: v for k, v in os.environ.items() if k.upper().startswith(_ENV_PREFIXES)}
-    secrets = {v for k, v in {**env, **options}.items() if len(v) >= 4 and _is_secret_name(k)}
+    secrets = {v for k, v in {**env, **options}.items() if len(v) >= 4 and is_secret_name(k)}
     for secret in sorted(secrets, key=len, reverse=True):
         message = message.replace(secret, "***")
     return message

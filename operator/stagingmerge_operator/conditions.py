@@ -32,6 +32,8 @@ R_INVALID_SPEC = "InvalidSpec"
 R_INVALID_INPUT = "InvalidInput"
 R_MERGE_FAILED = "MergeFailed"
 R_DEADLINE = "DeadlineExceeded"
+R_JOB_REFUSED = "JobRefused"  # the API server refused the merge Job (4xx)
+R_JOB_CONFLICT = "JobConflict"  # a Job of that name exists and belongs to something else
 
 TERMINAL_PHASES = (SUCCEEDED, FAILED)
 
@@ -41,9 +43,10 @@ class JobState:
     """What a merge Job says about its run."""
 
     name: str
-    finished: bool
+    finished: bool  # Complete or Failed: the Job controller is done with it
     succeeded: bool
     active: bool
+    pods_running: bool  # pods still active or terminating (they may still commit)
     suspended: bool
     attempts: int
     failure_reason: str | None
@@ -58,19 +61,25 @@ def job_state(job: Mapping[str, Any]) -> JobState:
     conditions = {
         c.get("type"): c for c in status.get("conditions") or [] if c.get("status") == "True"
     }
-    done_ok = "Complete" in conditions or "SuccessCriteriaMet" in conditions
-    failed = conditions.get("Failed") or conditions.get("FailureTarget")
+    # SuccessCriteriaMet and FailureTarget (Kubernetes >= 1.31) are set while pods may
+    # still run or terminate, committing a batch in their grace period: only Complete and
+    # Failed end a run.
+    done_ok = "Complete" in conditions
+    failed = conditions.get("Failed")
+    reason = failed or conditions.get("FailureTarget")
     active = int(status.get("active") or 0)
+    terminating = int(status.get("terminating") or 0)
     attempts = int(status.get("failed") or 0) + int(status.get("succeeded") or 0) + active
     return JobState(
         name=job["metadata"]["name"],
         finished=done_ok or failed is not None,
         succeeded=done_ok,
         active=active > 0,
+        pods_running=active + terminating > 0,
         suspended=bool((job.get("spec") or {}).get("suspend")),
         attempts=attempts,
-        failure_reason=(failed or {}).get("reason"),
-        failure_message=(failed or {}).get("message"),
+        failure_reason=(reason or {}).get("reason"),
+        failure_message=(reason or {}).get("message"),
         start_time=_rfc3339(status.get("startTime")),
         completion_time=_rfc3339(status.get("completionTime")),
     )
@@ -120,6 +129,12 @@ def outcome_of(job: JobState, metrics: Mapping[str, Any] | None) -> Outcome:
             )
         detail = error or job.failure_message or job.failure_reason or "the merge Job failed"
         return Outcome(FAILED, R_MERGE_FAILED, f"after {job.attempts} attempt(s): {detail}")
+    if job.failure_reason:  # FailureTarget: the run is ending, its pods are not gone yet
+        return Outcome(
+            RUNNING,
+            R_MERGING,
+            f"Job {job.name} is failing ({job.failure_reason}); waiting for its pods to stop",
+        )
     if job.active:
         return Outcome(RUNNING, R_MERGING, f"Job {job.name} is merging (attempt {job.attempts})")
     if job.suspended:

@@ -70,6 +70,10 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         prefix="stagingmerge.io", key="last-handled-configuration"
     )
     settings.posting.enabled = False  # the reconciler records its own, meaningful Events
+    # The resources are known: no scanning of CRDs and namespaces, which would need
+    # cluster-wide list/watch on both (refused in watchNamespaces installs, where kopf
+    # then stalls at every start) for nothing.
+    settings.scanning.disabled = True
     settings.execution.max_workers = 8
     settings.watching.server_timeout = 300
     metrics.serve(CONFIG.metrics_port)

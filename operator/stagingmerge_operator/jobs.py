@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Mapping
 from typing import Any
+
+from stagingmerge_merger.storage import STORAGE_OPTIONS_ENV
 
 from . import API_VERSION, KIND
 from .config import OperatorConfig
@@ -25,7 +28,8 @@ ANNOTATION_MAIN_URI = "stagingmerge.io/main-uri"
 MANAGED_BY = "stagingmerge-operator"
 JOB_SELECTOR = {LABEL_MANAGED_BY: MANAGED_BY}
 
-_DNS_LABEL = re.compile(r"[^a-z0-9-]")
+_NOT_DNS_LABEL = re.compile(r"[^a-z0-9-]")
+LABEL_VALUE_MAX = 63
 
 
 def main_key(main_uri: str) -> str:
@@ -33,14 +37,35 @@ def main_key(main_uri: str) -> str:
     return hashlib.sha256(main_uri.rstrip("/").encode()).hexdigest()[:32]
 
 
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
 def job_name(merge_name: str, generation: int) -> str:
-    """`<name>-g<generation>`, shortened with a hash to fit a 63-character label value."""
+    """`<name>-g<generation>`: a DNS label of at most 63 characters (the Job controller
+    copies it into a label of every pod).
+
+    A name that is not a DNS label as it stands (a dot, too long) gets a hash of the
+    whole name appended, so two StagingMerges never share a Job: `a.b` and `a-b` give
+    `a-b-<hash>-g1` and `a-b-g1`."""
     suffix = f"-g{generation}"
-    base = _DNS_LABEL.sub("-", merge_name.lower()).strip("-") or "merge"
-    if len(base) + len(suffix) <= 63:
-        return base + suffix
-    digest = hashlib.sha256(merge_name.encode()).hexdigest()[:8]
-    return f"{base[: 63 - len(suffix) - 9].rstrip('-')}-{digest}{suffix}"
+    if _NOT_DNS_LABEL.search(merge_name) is None and len(merge_name) + len(suffix) <= 63:
+        return merge_name + suffix
+    base = _NOT_DNS_LABEL.sub("-", merge_name.lower()).strip("-") or "merge"
+    keep = 63 - len(suffix) - 9
+    return f"{base[:keep].rstrip('-')}-{_digest(merge_name)}{suffix}"
+
+
+def label_value(text: str) -> str:
+    """`text` as a valid label value: as it is when it is one (a StagingMerge name of up
+    to 63 characters always is), else cut and ended with a hash of the whole."""
+    if len(text) <= LABEL_VALUE_MAX and re.fullmatch(LABEL_VALUE, text):
+        return text
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]", "-", text)[: LABEL_VALUE_MAX - 9].rstrip("-_.")
+    return f"{cleaned}-{_digest(text)}" if cleaned else _digest(text)
+
+
+LABEL_VALUE = r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?"
 
 
 def merge_args(spec: MergeSpec) -> list[str]:
@@ -64,8 +89,6 @@ def merge_args(spec: MergeSpec) -> list[str]:
         args += ["--partition-by", ",".join(spec.partition_by)]
     if spec.first_by:
         args += ["--first-by", ",".join(spec.first_by)]
-    for key, value in sorted(spec.storage_options.items()):
-        args += ["--storage-option", f"{key}={value}"]
     return args
 
 
@@ -82,7 +105,7 @@ def build_job(
         LABEL_NAME: "stagingmerge",
         LABEL_COMPONENT: "merge",
         LABEL_MANAGED_BY: MANAGED_BY,
-        LABEL_MERGE: name[:63],
+        LABEL_MERGE: label_value(name),
         LABEL_GENERATION: str(generation),
         LABEL_MAIN: main_key(spec.main_uri),
     }
@@ -90,6 +113,13 @@ def build_job(
     if spec.queue_name:
         job_labels[LABEL_QUEUE] = spec.queue_name
     env = [{"name": "STAGINGMERGE_ALLOWED_PREFIXES", "value": config.allowed_prefixes}]
+    if spec.storage_options:  # in the environment, not the arguments (`ps`, pod specs)
+        env.append(
+            {
+                "name": STORAGE_OPTIONS_ENV,
+                "value": json.dumps(dict(sorted(spec.storage_options.items()))),
+            }
+        )
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": spec.image or config.default_image,

@@ -7,6 +7,7 @@ Every call retries server errors and timeouts a few times with backoff; 404 and
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -28,6 +29,25 @@ BACKOFF_SECONDS = 0.5
 
 class Conflict(Exception):  # noqa: N818 - an answer, like NotFound
     """409: the object changed since it was read (or already exists)."""
+
+
+class Refused(Exception):  # noqa: N818 - an answer: the API server will not take this
+    """A 4xx other than 404/409/429 (422 invalid, 403 forbidden, 400...): retrying the
+    same request cannot help, so it is reported instead of retried."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status = status
+        self.message = message
+
+
+def _api_message(exc: ApiException) -> str:
+    """The Status message the API server sent, else its reason."""
+    try:
+        body = json.loads(exc.body or "{}")
+    except ValueError:
+        body = {}
+    return str(body.get("message") or exc.reason or "refused")
 
 
 def now() -> str:
@@ -143,7 +163,10 @@ class Kube:
     # --- Jobs and their pods ---------------------------------------------------------
 
     def create_job(self, job: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
-        """Create the Job; if it exists already (a replayed event, a restart), return that."""
+        """Create the Job; if it exists already (a replayed event, a restart), return that.
+
+        Raises Refused when the API server refuses it (invalid, forbidden): the caller
+        reports that rather than retrying it forever."""
         namespace, name = job["metadata"]["namespace"], job["metadata"]["name"]
         try:
             created = _retrying(
@@ -157,6 +180,10 @@ class Kube:
             if existing is None:
                 raise
             return existing, False
+        except ApiException as exc:
+            if 400 <= (exc.status or 0) < 500 and exc.status not in (404, 429):
+                raise Refused(int(exc.status), _api_message(exc)) from exc
+            raise
 
     def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         job = _not_found_as_none(

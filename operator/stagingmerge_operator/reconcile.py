@@ -28,7 +28,7 @@ from . import conditions as c
 from . import metrics
 from .config import OperatorConfig
 from .jobs import CONTAINER, LABEL_MAIN, LABEL_MANAGED_BY, MANAGED_BY, build_job, main_key
-from .kube import Conflict, Kube, now
+from .kube import Conflict, Kube, Refused, now
 from .spec import RUN_ON_SPEC_CHANGE, InvalidSpecError, MergeSpec, parse_spec
 
 log = logging.getLogger("stagingmerge.operator")
@@ -119,9 +119,36 @@ class Reconciler:
                     event=("Normal", c.R_QUEUED),
                 )
                 return
-            job, created = self.kube.create_job(
-                build_job(merge=merge, spec=spec, config=self.config)
+            manifest = build_job(merge=merge, spec=spec, config=self.config)
+            try:
+                job, created = self.kube.create_job(manifest)
+            except Refused as exc:
+                self._write(
+                    merge,
+                    c.Outcome(
+                        c.FAILED,
+                        c.R_JOB_REFUSED,
+                        f"the API server refused Job {manifest['metadata']['name']}"
+                        f" ({exc.status}): {exc.message}",
+                    ),
+                    generation=generation,
+                    event=("Warning", c.R_JOB_REFUSED),
+                )
+                return
+        if not created and not owned_by(job, meta.get("uid")):
+            self._write(
+                merge,
+                c.Outcome(
+                    c.FAILED,
+                    c.R_JOB_CONFLICT,
+                    f"Job {job['metadata']['name']} exists and is not this StagingMerge's"
+                    " (another object's, or left from a deleted one): delete that Job, or"
+                    " change this spec to run under a new name",
+                ),
+                generation=generation,
+                event=("Warning", c.R_JOB_CONFLICT),
             )
+            return
         state = c.job_state(job)
         extra = {
             "jobName": state.name,
@@ -211,7 +238,8 @@ class Reconciler:
         me = merge["metadata"]
         selector = f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_MAIN}={key}"
         for job in self.kube.list_jobs(self.config.namespaces, selector):
-            if not c.job_state(job).finished:
+            state = c.job_state(job)
+            if not state.finished or state.pods_running:  # a pod may still be committing
                 owner = (job["metadata"].get("ownerReferences") or [{}])[0].get("uid")
                 if owner != me.get("uid"):
                     return f"Job {job['metadata']['namespace']}/{job['metadata']['name']}"
@@ -311,6 +339,14 @@ class Reconciler:
                 self.reconcile(om["namespace"], om["name"])
             except Exception:  # the queue timer will try again
                 log.exception("could not start queued %s/%s", om["namespace"], om["name"])
+
+
+def owned_by(job: Mapping[str, Any], uid: str | None) -> bool:
+    """Whether `uid` is the Job's controller (the only owner whose Job this is)."""
+    return any(
+        ref.get("controller") and ref.get("uid") == uid
+        for ref in (job.get("metadata") or {}).get("ownerReferences") or []
+    )
 
 
 def wants_run(status: Mapping[str, Any], run_policy: str, generation: int) -> bool:

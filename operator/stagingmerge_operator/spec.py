@@ -13,7 +13,9 @@ from typing import Any
 
 from stagingmerge_merger import plan
 from stagingmerge_merger.errors import InvalidInputError
-from stagingmerge_merger.storage import parse_location
+from stagingmerge_merger.storage import is_secret_name, parse_location
+
+from . import admission
 
 RUN_ONCE = "Once"
 RUN_ON_SPEC_CHANGE = "OnSpecChange"
@@ -73,7 +75,14 @@ def parse_spec(spec: Mapping[str, Any]) -> MergeSpec:
     options = spec.get("storageOptions") or {}
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in options.items()):
         raise InvalidSpecError("spec.storageOptions must map strings to strings")
-    return MergeSpec(
+    credentials = sorted(k for k in options if is_secret_name(k))
+    if credentials:
+        raise InvalidSpecError(
+            f"spec.storageOptions holds credentials ({', '.join(credentials)}): anyone who can read"
+            " the StagingMerge, its Job or its pod would see them; put them in the Secret named"
+            " by spec.storageSecretRef instead"
+        )
+    result = MergeSpec(
         main_uri=main_uri,
         staging_uri=staging_uri,
         keys=keys,
@@ -96,6 +105,29 @@ def parse_spec(spec: Mapping[str, Any]) -> MergeSpec:
         queue_name=spec.get("queueName") or None,
         run_policy=run_policy,
     )
+    try:
+        _admit(result)
+    except admission.RefusedField as exc:
+        raise InvalidSpecError(str(exc)) from None
+    return result
+
+
+def _admit(spec: MergeSpec) -> None:
+    """What the API server would refuse in the Job this spec becomes (admission.py)."""
+    if spec.image is not None:
+        admission.image(spec.image, "spec.image")
+    if spec.service_account is not None:
+        admission.dns_subdomain(spec.service_account, "spec.serviceAccountName")
+    if spec.storage_secret is not None:
+        admission.dns_subdomain(spec.storage_secret, "spec.storageSecretRef.name")
+    if spec.queue_name is not None:
+        admission.label_value(spec.queue_name, "spec.queueName")
+    for key, value in spec.node_selector.items():
+        admission.qualified_name(key, "spec.nodeSelector key")
+        admission.label_value(str(value), f"spec.nodeSelector.{key}")
+    for number, toleration in enumerate(spec.tolerations):
+        admission.toleration(toleration, f"spec.tolerations[{number}]")
+    admission.resources(spec.resources, "spec.resources")
 
 
 def _uri(spec: Mapping[str, Any], name: str) -> str:

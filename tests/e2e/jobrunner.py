@@ -60,6 +60,7 @@ class JobRunner:
         workdir: Path,
         poll: float = 0.1,
         retry_delay: float = 0.3,
+        termination_grace: float = 2,
     ) -> None:
         self._api = api
         self._batch = kubernetes.client.BatchV1Api(api)
@@ -67,6 +68,7 @@ class JobRunner:
         self.workdir = workdir
         self.poll = poll
         self.retry_delay = retry_delay
+        self.termination_grace = termination_grace
         self.attempts: list[Attempt] = []
         self._running: dict[str, Attempt] = {}  # job uid -> attempt in flight
         self._failed: dict[str, int] = {}
@@ -129,14 +131,20 @@ class JobRunner:
             return
         deadline = spec.get("activeDeadlineSeconds")
         if deadline and time.monotonic() - attempt.started > deadline:
-            self._terminate(attempt, grace=2)
-            self._running.pop(uid)
-            self._finish_job(
+            # as the Job controller does: FailureTarget first, while the pod is still
+            # terminating (it may commit its batch in the grace period), Failed after
+            message = "Job was active longer than specified deadline"
+            self._patch_job(
                 job,
-                failed=True,
-                reason="DeadlineExceeded",
-                message="Job was active longer than specified deadline",
+                {
+                    "active": 0,
+                    "terminating": 1,
+                    "conditions": [_condition("FailureTarget", "DeadlineExceeded", message)],
+                },
             )
+            self._terminate(attempt, grace=self.termination_grace)
+            self._running.pop(uid)
+            self._finish_job(job, failed=True, reason="DeadlineExceeded", message=message)
             return
         code = attempt.process.poll()
         if code is None:
@@ -294,46 +302,31 @@ class JobRunner:
         message: str = "",
         failed_count: int | None = None,
     ) -> None:
-        stamp = _now()
+        """The Job controller's two steps: the target condition (FailureTarget or
+        SuccessCriteriaMet) once the outcome is decided, then Failed or Complete once no
+        pod is left, each in its own status update."""
         if failed:
-            conditions = [
-                {
-                    "type": "FailureTarget",
-                    "status": "True",
-                    "reason": reason,
-                    "message": message,
-                    "lastTransitionTime": stamp,
-                },
-                {
-                    "type": "Failed",
-                    "status": "True",
-                    "reason": reason,
-                    "message": message,
-                    "lastTransitionTime": stamp,
-                },
-            ]
-            body = {"active": 0, "conditions": conditions}
+            target = _condition("FailureTarget", reason, message)
+            first: dict[str, Any] = {"active": 0, "conditions": [target]}
             if failed_count is not None:
-                body["failed"] = failed_count
+                first["failed"] = failed_count
+            self._patch_job(job, first)
+            final = {
+                "active": 0,
+                "terminating": 0,
+                "conditions": [target, _condition("Failed", reason, message)],
+            }
         else:
-            conditions = [
-                {
-                    "type": "SuccessCriteriaMet",
-                    "status": "True",
-                    "reason": "CompletionsReached",
-                    "message": "Reached expected number of succeeded pods",
-                    "lastTransitionTime": stamp,
-                },
-                {
-                    "type": "Complete",
-                    "status": "True",
-                    "reason": "CompletionsReached",
-                    "message": "Reached expected number of succeeded pods",
-                    "lastTransitionTime": stamp,
-                },
-            ]
-            body = {"active": 0, "succeeded": 1, "completionTime": stamp, "conditions": conditions}
-        self._patch_job(job, body)
+            text = "Reached expected number of succeeded pods"
+            met = _condition("SuccessCriteriaMet", "CompletionsReached", text)
+            self._patch_job(job, {"active": 0, "succeeded": 1, "conditions": [met]})
+            final = {
+                "active": 0,
+                "succeeded": 1,
+                "completionTime": _now(),
+                "conditions": [met, _condition("Complete", "CompletionsReached", text)],
+            }
+        self._patch_job(job, final)
 
     def _patch_job(self, job: dict[str, Any], status: dict[str, Any]) -> None:
         try:
@@ -343,6 +336,16 @@ class JobRunner:
         except ApiException as exc:
             if exc.status != 404:  # deleted meanwhile
                 raise
+
+
+def _condition(type_: str, reason: str, message: str) -> dict[str, str]:
+    return {
+        "type": type_,
+        "status": "True",
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": _now(),
+    }
 
 
 def _fail_job_rule(spec: dict[str, Any], code: int) -> int | None:

@@ -74,3 +74,17 @@ def test_conform_casts_view_types():
     )
     schema = pa.schema([("i", pa.int64()), ("u", pa.string())])
     assert keysets.conform(table, schema).schema == schema
+
+
+def test_winners_depend_on_content_not_order():
+    from stagingmerge_merger.keysets import pick_winners, row_fingerprints
+
+    rows = pa.table({"k": pa.array([1, 1, 2], pa.int64()), "v": ["x", "y", "z"], "t": [3, None, 1]})
+    forward = pick_winners(rows, ["k"], ["t"]).to_pylist()
+    backward = pick_winners(rows.take([2, 1, 0]), ["k"], ["t"]).to_pylist()
+    assert sorted(forward, key=str) == sorted(backward, key=str)
+    assert {r["k"]: r["v"] for r in forward} == {1: "x", 2: "z"}  # t=3 beats NULL (last)
+    prints = row_fingerprints(rows)
+    assert len(set(prints)) == 3 and prints == row_fingerprints(rows)
+    by_fingerprint = pick_winners(rows, ["k"], []).to_pylist()
+    assert {r["k"]: r["v"] for r in by_fingerprint}[1] == ("x" if prints[0] < prints[1] else "y")

@@ -1,5 +1,5 @@
 from stagingmerge_operator.config import load
-from stagingmerge_operator.jobs import build_job, job_name, main_key, merge_args
+from stagingmerge_operator.jobs import build_job, job_name, label_value, main_key, merge_args
 from stagingmerge_operator.spec import parse_spec
 
 MERGE = {"metadata": {"name": "run-1", "namespace": "ct", "uid": "u-1", "generation": 3}}
@@ -22,7 +22,10 @@ def test_name_is_fixed_by_resource_and_generation():
     assert job_name("run-1", 3) == "run-1-g3"
     long = job_name("x" * 80, 12)
     assert len(long) <= 63 and long.endswith("-g12") and long != job_name("x" * 81, 12)
-    assert job_name("Weird_Name", 1) == "weird-name-g1"
+    # a name that is not a DNS label as it stands gets a hash: two names never share a Job
+    assert job_name("a-b", 1) == "a-b-g1"
+    assert job_name("a.b", 1).startswith("a-b-") and job_name("a.b", 1) != job_name("a-b", 1)
+    assert all(len(job_name(n, 99)) <= 63 for n in ("a." * 120, "b" * 253))
     assert job()["metadata"]["name"] == "run-1-g3"
 
 
@@ -88,8 +91,10 @@ def test_container_runs_the_merge_with_the_spec():
         "json",
         "--keep-staging",
         "--dry-run",
-        "--storage-option",
-        "AWS_REGION=eu",
+    ]
+    # storage options travel in the environment, never on the command line (ps, pod specs)
+    assert {"name": "STAGINGMERGE_STORAGE_OPTIONS", "value": '{"AWS_REGION": "eu"}'} in container[
+        "env"
     ]
     assert container["envFrom"] == [{"secretRef": {"name": "creds"}}]
     assert {"name": "STAGINGMERGE_ALLOWED_PREFIXES", "value": "s3://lake/staging"} in container[
@@ -124,3 +129,14 @@ def test_merge_args_partition_by():
 def test_merge_args_first_by():
     spec = parse_spec({"main": {"uri": "/m"}, "staging": {"uri": "/s"}, "firstBy": ["seen", "x"]})
     assert merge_args(spec)[-2:] == ["--first-by", "seen,x"]
+
+
+def test_label_values_built_from_names_are_always_valid():
+    import re
+
+    valid = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
+    for name in ("run-1", "a" * 62 + "-" + "b" * 40, "x" * 62 + ".y", "a." * 100 + "z"):
+        value = label_value(name)
+        assert len(value) <= 63 and valid.fullmatch(value), value
+    assert label_value("run-1") == "run-1"
+    assert label_value("a" * 62 + "-" + "b") != label_value("a" * 62 + "-" + "c")

@@ -66,6 +66,31 @@ def test_every_field():
         ({"activeDeadlineSeconds": 0}, "must be positive"),
         ({"runPolicy": "Always"}, "spec.runPolicy must be Once or OnSpecChange"),
         ({"storageOptions": {"a": 1}}, "spec.storageOptions must map strings to strings"),
+        (
+            {"storageOptions": {"AWS_SECRET_ACCESS_KEY": "x", "AWS_REGION": "eu"}},
+            r"spec.storageOptions holds credentials \(AWS_SECRET_ACCESS_KEY\).*storageSecretRef",
+        ),
+        # what an API server would refuse in the Job (admission.py)
+        ({"image": "my image:1"}, "spec.image 'my image:1' is not an image reference"),
+        ({"serviceAccountName": "Merge_SA"}, "spec.serviceAccountName 'Merge_SA' is not a valid"),
+        ({"storageSecretRef": {"name": "a b"}}, "spec.storageSecretRef.name"),
+        ({"queueName": "team queue"}, "spec.queueName 'team queue' is not a valid label value"),
+        ({"nodeSelector": {"pool": "gpu-"}}, r"spec.nodeSelector.pool 'gpu-' is not a valid label"),
+        ({"nodeSelector": {"bad key!": "x"}}, "spec.nodeSelector key 'bad key!'"),
+        (
+            {"tolerations": [{"key": "k", "operator": "Exists", "value": "v"}]},
+            r"spec.tolerations\[0\]: operator Exists takes no value",
+        ),
+        ({"tolerations": [{"operator": "Equal", "value": "v"}]}, "an empty key needs operator"),
+        (
+            {"tolerations": [{"key": "k", "tolerationSeconds": 5, "effect": "NoSchedule"}]},
+            "tolerationSeconds needs effect NoExecute",
+        ),
+        ({"resources": {"limits": {"memory": "2 GB"}}}, "spec.resources.limits.memory '2 GB'"),
+        (
+            {"resources": {"requests": {"cpu": "2"}, "limits": {"cpu": "1500m"}}},
+            "spec.resources.requests.cpu must be less than or equal to its limit",
+        ),
     ],
 )
 def test_invalid_specs(bad, message):

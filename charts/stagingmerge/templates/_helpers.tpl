@@ -70,14 +70,20 @@ app.kubernetes.io/component: operator
   verbs: [get, list, watch]
 - apiGroups: [stagingmerge.io]
   resources: [stagingmerges/status]
-  verbs: [get, patch, update]
+  verbs: [patch]
+# Jobs set blockOwnerDeletion on their ownerReference to the StagingMerge: with the
+# OwnerReferencesPermissionEnforcement admission plugin (OpenShift's default) that
+# needs update on the owner's finalizers subresource.
+- apiGroups: [stagingmerge.io]
+  resources: [stagingmerges/finalizers]
+  verbs: [update]
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [get, list, watch, create]
 - apiGroups: [""]
   resources: [pods]
-  verbs: [get, list]
+  verbs: [list]
 - apiGroups: [""]
   resources: [events]
-  verbs: [create, patch]
+  verbs: [create]
 {{- end }}

@@ -1,0 +1,40 @@
+from stagingmerge_merger import checks
+from stagingmerge_merger.plan import Column
+
+
+def test_rules_cover_keys_not_null_constraints_invariants_and_generated_columns():
+    main = {
+        "k": Column("k", '"long"', False),
+        "v": Column("v", '"long"', False, generation="k * 2"),
+        "w": Column("w", '"string"', True, invariant="w <> ''"),
+    }
+    rules = checks.rules_for(
+        ["k"], main, {"delta.constraints.positive": "v > 0", "delta.appendOnly": "true"}
+    )
+    labels = [r.label for r in rules]
+    assert labels == [
+        "NULL in key column k",
+        "NULL in NOT NULL column v",
+        "generated column v (k * 2)",
+        "invariant on w (w <> '')",
+        "CHECK constraint positive (v > 0)",
+    ]
+    assert rules[-1].violation == "(v > 0) IS NOT TRUE"  # NULL fails, as in delta-rs
+    assert rules[2].violation == '"v" IS DISTINCT FROM (k * 2)'
+
+
+def test_columns_that_cannot_be_null_are_not_checked():
+    main = {"k": Column("k", '"long"', False), "v": Column("v", '"long"', False)}
+    rules = checks.rules_for(["k"], main, {}, never_null={"k", "v"})
+    assert rules == []
+
+
+def test_audit_sql_and_the_refusal_message():
+    rules = checks.rules_for(["k"], None, None, decimal_partitions=["d"])
+    sql = checks.audit_sql("t", rules)
+    assert sql.startswith("SELECT count(*) AS rows, sum(CASE WHEN") and sql.endswith("FROM t")
+    found = checks.violations(rules, {"rows": 10, "r0": 0, "r1": 3})
+    assert [(r.label, n) for r, n in found] == [
+        ("negative value in decimal partition column d (deltalake writes those wrongly)", 3)
+    ]
+    assert "d (deltalake writes those wrongly): 3 rows" in checks.refusal(found)
