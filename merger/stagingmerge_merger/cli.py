@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import threading
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
@@ -209,11 +210,16 @@ def run(argv: Sequence[str] | None = None) -> int:
         if metrics.outcome == RUNNING:
             metrics.outcome = INVALID_INPUT if code == EXIT_INVALID else FAILED
         log.error(metrics.error, reason=exc.reason, exit_code=code)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - the last resort: reported, exit 1
         code = EXIT_RETRY
         metrics.outcome = FAILED
         metrics.error = scrub(f"unexpected {type(exc).__name__}: {one_line(str(exc))}", options)
-        log.exception("unexpected error", error=metrics.error)
+        # the traceback is a field of the one event, scrubbed like every other line
+        log.error(
+            "unexpected error",
+            error=metrics.error,
+            traceback=scrub(traceback.format_exc(), options),
+        )
     _report(metrics, metrics_path)
     return code
 

@@ -6,14 +6,23 @@ naming the variable, before it touches the cluster.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from stagingmerge_merger.errors import InvalidInputError
 from stagingmerge_merger.storage import parse_location
 
 PREFIX = "STAGINGMERGE_"
+# Sized for a 1 M-row CT staging merge (peak ~1.2 GiB, see the README's Performance).
+DEFAULT_RESOURCES: Mapping[str, Any] = {
+    "requests": {"cpu": "1", "memory": "1536Mi"},
+    "limits": {"memory": "2Gi"},
+}
+# A finished Job must outlive the operator's next look at it, or its metrics are lost.
+MIN_JOB_TTL_SECONDS = 60
 
 
 class ConfigError(ValueError):
@@ -33,6 +42,14 @@ class OperatorConfig:
     liveness_port: int  # /healthz; 0 disables it
     log_format: str  # json | text | full (kopf's formats)
     api_timeout_seconds: float = 30.0  # per request of the reconciler
+    # merge Jobs without their own: resources (never BestEffort) and a deadline (a pod that
+    # cannot start must not hold its main table's queue forever)
+    default_resources: Mapping[str, Any] = field(default_factory=lambda: dict(DEFAULT_RESOURCES))
+    job_deadline_seconds: int = 86_400
+    image_pull_secrets: tuple[str, ...] = ()
+    # a merge pod mounts no volume, so a local path is a mistake on a real cluster; the
+    # end-to-end tests (whose job runner runs merges on this machine) allow them
+    allow_local_paths: bool = False
 
     @property
     def clusterwide(self) -> bool:
@@ -84,11 +101,30 @@ def load(environ: Mapping[str, str] = os.environ) -> OperatorConfig:
         namespaces=tuple(n.strip() for n in get("NAMESPACES", "").split(",") if n.strip()),
         merge_service_account=get("MERGE_SERVICE_ACCOUNT", ""),
         allowed_prefixes=prefixes,
-        job_ttl_seconds=integer("JOB_TTL_SECONDS", 0) if ttl else None,
+        job_ttl_seconds=integer("JOB_TTL_SECONDS", 0, minimum=MIN_JOB_TTL_SECONDS) if ttl else None,
         termination_grace_seconds=integer("TERMINATION_GRACE_SECONDS", 300, minimum=1),
         queue_poll_seconds=positive_number("QUEUE_POLL_SECONDS", 15),
         metrics_port=integer("METRICS_PORT", 9090),
         liveness_port=integer("LIVENESS_PORT", 8080),
         log_format=log_format,
         api_timeout_seconds=positive_number("API_TIMEOUT_SECONDS", 30),
+        default_resources=_resources(get("DEFAULT_RESOURCES", "")),
+        job_deadline_seconds=integer("JOB_DEADLINE_SECONDS", 86_400, minimum=1),
+        allow_local_paths=get("ALLOW_LOCAL_PATHS", "false").lower() in ("1", "true", "yes"),
+        image_pull_secrets=tuple(
+            n.strip() for n in get("MERGE_IMAGE_PULL_SECRETS", "").split(",") if n.strip()
+        ),
     )
+
+
+def _resources(raw: str) -> Mapping[str, Any]:
+    """STAGINGMERGE_DEFAULT_RESOURCES: the merge container's resources as JSON."""
+    if not raw:
+        return dict(DEFAULT_RESOURCES)
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        raise ConfigError(f"{PREFIX}DEFAULT_RESOURCES is not JSON: {raw!r}") from None
+    if not isinstance(value, dict) or set(value) - {"requests", "limits"}:
+        raise ConfigError(f"{PREFIX}DEFAULT_RESOURCES must be an object of requests and limits")
+    return value

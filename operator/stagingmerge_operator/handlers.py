@@ -76,6 +76,8 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.scanning.disabled = True
     settings.execution.max_workers = 8
     settings.watching.server_timeout = 300
+    # a watch that went silent (a dropped connection nobody closed) is restarted
+    settings.watching.client_timeout = 360
     metrics.serve(CONFIG.metrics_port)
     _poller.start()
     logging.getLogger("stagingmerge.operator").info(

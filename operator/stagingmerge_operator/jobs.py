@@ -15,6 +15,7 @@ from .config import OperatorConfig
 from .spec import MergeSpec
 
 CONTAINER = "merge"
+MERGE_UID = 10001  # the user of merger/Dockerfile
 EXIT_INVALID_INPUT = 2  # stagingmerge-merge: invalid input, never worth retrying
 
 LABEL_NAME = "app.kubernetes.io/name"
@@ -140,16 +141,24 @@ def build_job(
     }
     if spec.storage_secret:
         container["envFrom"] = [{"secretRef": {"name": spec.storage_secret}}]
-    if spec.resources:
-        container["resources"] = dict(spec.resources)
+    container["resources"] = dict(spec.resources or config.default_resources)
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",  # retries are the Job's, so podFailurePolicy applies
         "automountServiceAccountToken": False,  # the merge never talks to the API
         "terminationGracePeriodSeconds": config.termination_grace_seconds,
-        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        # the merge image's user; set here too, so a root image fails to start with a clear
+        # reason instead of being refused by runAsNonRoot at CreateContainer
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": MERGE_UID,
+            "runAsGroup": MERGE_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
         "containers": [container],
         "volumes": [{"name": "tmp", "emptyDir": {}}],
     }
+    if config.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": n} for n in config.image_pull_secrets]
     service_account = spec.service_account or config.merge_service_account
     if service_account:
         pod_spec["serviceAccountName"] = service_account
@@ -179,8 +188,11 @@ def build_job(
     }
     if spec.queue_name:
         job_spec["suspend"] = True  # Kueue admits the Job by unsuspending it
-    if spec.active_deadline_seconds is not None:
-        job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
+    job_spec["activeDeadlineSeconds"] = (
+        spec.active_deadline_seconds
+        if spec.active_deadline_seconds is not None
+        else config.job_deadline_seconds
+    )
     ttl = spec.ttl_seconds_after_finished
     if ttl is None:
         ttl = config.job_ttl_seconds

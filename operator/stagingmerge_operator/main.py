@@ -14,9 +14,16 @@ def main() -> None:
         sys.stderr.write(f"stagingmerge-operator: {exc}\n")
         raise SystemExit(2) from None
 
-    import kopf
+    try:
+        import kopf
 
-    from . import handlers  # noqa: F401 - registers the handlers
+        from . import handlers  # noqa: F401 - registers the handlers
+    except ImportError as exc:
+        sys.stderr.write(
+            f"stagingmerge-operator: {exc.name or exc} is not installed; the operator needs"
+            " its extra: pip install 'stagingmerge[operator]'\n"
+        )
+        raise SystemExit(2) from None
 
     kopf.configure(
         log_format={

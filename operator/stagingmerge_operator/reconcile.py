@@ -29,7 +29,13 @@ from . import metrics
 from .config import OperatorConfig
 from .jobs import CONTAINER, LABEL_MAIN, LABEL_MANAGED_BY, MANAGED_BY, build_job, main_key
 from .kube import Conflict, Kube, Refused, now
-from .spec import RUN_ON_SPEC_CHANGE, InvalidSpecError, MergeSpec, parse_spec
+from .spec import (
+    RUN_ON_SPEC_CHANGE,
+    InvalidSpecError,
+    MergeSpec,
+    check_object_storage,
+    parse_spec,
+)
 
 log = logging.getLogger("stagingmerge.operator")
 
@@ -76,6 +82,8 @@ class Reconciler:
         running = status.get("jobName") and status.get("phase") not in c.TERMINAL_PHASES
         try:
             spec = parse_spec(merge.get("spec") or {})
+            if not self.config.allow_local_paths:
+                check_object_storage(spec)
         except InvalidSpecError as exc:
             if running:  # the Job has its arguments already; follow it to the end
                 self._follow(merge, None)

@@ -16,6 +16,7 @@ from stagingmerge_merger.errors import InvalidInputError
 from stagingmerge_merger.storage import is_secret_name, parse_location
 
 from . import admission
+from .config import MIN_JOB_TTL_SECONDS
 
 RUN_ONCE = "Once"
 RUN_ON_SPEC_CHANGE = "OnSpecChange"
@@ -98,7 +99,7 @@ def parse_spec(spec: Mapping[str, Any]) -> MergeSpec:
         service_account=spec.get("serviceAccountName") or None,
         backoff_limit=_integer_or(spec, "backoffLimit", 0, DEFAULT_BACKOFF_LIMIT),
         active_deadline_seconds=_integer(spec, "activeDeadlineSeconds", 1),
-        ttl_seconds_after_finished=_integer(spec, "ttlSecondsAfterFinished", 0),
+        ttl_seconds_after_finished=_integer(spec, "ttlSecondsAfterFinished", MIN_JOB_TTL_SECONDS),
         suspend=bool(spec.get("suspend", False)),
         node_selector=dict(spec.get("nodeSelector") or {}),
         tolerations=tuple(spec.get("tolerations") or ()),
@@ -130,6 +131,16 @@ def _admit(spec: MergeSpec) -> None:
     admission.resources(spec.resources, "spec.resources")
 
 
+def check_object_storage(spec: MergeSpec) -> None:
+    """Refuse local paths: the merge pod has no volume to find them on."""
+    for name, uri in (("spec.main.uri", spec.main_uri), ("spec.staging.uri", spec.staging_uri)):
+        if parse_location(uri).is_local:
+            raise InvalidSpecError(
+                f"{name} {uri} is a local path, which a merge pod cannot reach (it mounts no"
+                " volume); use an object-store URI (s3://, gs://, az://)"
+            )
+
+
 def _uri(spec: Mapping[str, Any], name: str) -> str:
     value = (spec.get(name) or {}).get("uri")
     if not isinstance(value, str) or not value.strip():
@@ -138,14 +149,16 @@ def _uri(spec: Mapping[str, Any], name: str) -> str:
 
 
 def _integer(spec: Mapping[str, Any], name: str, minimum: int) -> int | None:
-    """spec[name] as a whole number of at least `minimum` (0 or 1), or None when absent."""
+    """spec[name] as a whole number of at least `minimum`, or None when absent."""
     value = spec.get(name)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidSpecError(f"spec.{name} must be a whole number, got {value!r}")
     if value < minimum:
-        rule = "must be positive" if minimum > 0 else "must not be negative"
+        rule = {0: "must not be negative", 1: "must be positive"}.get(
+            minimum, f"must be at least {minimum}"
+        )
         raise InvalidSpecError(f"spec.{name} {rule}, got {value}")
     return value
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -143,6 +144,9 @@ def test_every_option_shows_up():
     assert env["STAGINGMERGE_DEFAULT_IMAGE"] == "registry.example.com/stagingmerge/merge:0.1.0-rc1"
     assert env["STAGINGMERGE_ALLOWED_PREFIXES"] == "s3://ct-lake/staging,s3://ct-lake-dev/staging"
     assert env["STAGINGMERGE_MERGE_SERVICE_ACCOUNT"] == "ct-merge"
+    assert json.loads(env["STAGINGMERGE_DEFAULT_RESOURCES"])["limits"] == {"memory": "4Gi"}
+    assert env["STAGINGMERGE_JOB_DEADLINE_SECONDS"] == "43200"
+    assert env["STAGINGMERGE_MERGE_IMAGE_PULL_SECRETS"] == "registry"
     assert env["STAGINGMERGE_METRICS_PORT"] == "9191" and env["STAGINGMERGE_LOG_FORMAT"] == "text"
     assert pod["serviceAccountName"] == "ct-operator" and pod["priorityClassName"]
     assert pod["nodeSelector"] == {"pool": "system"} and pod["tolerations"] and pod["affinity"]

@@ -82,12 +82,9 @@ def flux_state(obj: dict[str, Any]) -> str:
     env = celpy.Environment()
     activation = {k: celpy.json_to_cel(v) for k, v in obj.items()}
     for state in ("inProgress", "failed", "current"):
-        program = env.program(env.compile(exprs[state]))
-        try:
-            if program.evaluate(activation):
-                return state
-        except Exception:  # noqa: BLE001 - CEL errors on absent fields mean "not this state"
-            continue
+        # no error may escape: Flux waits out its whole timeout on an expression that errs
+        if env.program(env.compile(exprs[state])).evaluate(activation):
+            return state
     return "unknown"
 
 
@@ -98,6 +95,12 @@ def flux_state(obj: dict[str, Any]) -> str:
         ("merged", merge(**succeeded("True", "Merged")), "current"),
         ("failed", merge(**succeeded("False", "MergeFailed")), "failed"),
         ("new spec", merge(generation=3, **succeeded("True", "Merged")), "inProgress"),
+        ("no status yet", {"metadata": {"generation": 1}, "status": {}}, "inProgress"),
+        (
+            "observed, no conditions yet",
+            {"metadata": {"generation": 1}, "status": {"observedGeneration": 1}},
+            "inProgress",
+        ),
     ],
 )
 def test_flux_health_check_exprs(case, obj, expected):

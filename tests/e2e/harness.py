@@ -57,6 +57,8 @@ class Operator:
             "STAGINGMERGE_LIVENESS_PORT": str(self.liveness_port),
             "STAGINGMERGE_LOG_FORMAT": "text",
             "STAGINGMERGE_TERMINATION_GRACE_SECONDS": "10",
+            # the job runner runs merges on this machine: local tables are reachable
+            "STAGINGMERGE_ALLOW_LOCAL_PATHS": "true",
             **env,
         }
         self.process: subprocess.Popen[bytes] | None = None

@@ -31,3 +31,23 @@ def test_namespaces():
 def test_bad_values_name_the_variable(env, message):
     with pytest.raises(ConfigError, match=message):
         load(env)
+
+
+def test_merge_job_defaults_from_the_environment():
+    config = load(
+        {
+            "STAGINGMERGE_DEFAULT_IMAGE": "x",
+            "STAGINGMERGE_DEFAULT_RESOURCES": '{"requests": {"cpu": "1"}}',
+            "STAGINGMERGE_MERGE_IMAGE_PULL_SECRETS": "a, b",
+            "STAGINGMERGE_JOB_DEADLINE_SECONDS": "600",
+        }
+    )
+    assert config.default_resources == {"requests": {"cpu": "1"}}
+    assert config.image_pull_secrets == ("a", "b") and config.job_deadline_seconds == 600
+    for name, value, message in [
+        ("DEFAULT_RESOURCES", "{", "is not JSON"),
+        ("DEFAULT_RESOURCES", '{"cpu": 1}', "must be an object of requests and limits"),
+        ("JOB_TTL_SECONDS", "5", "STAGINGMERGE_JOB_TTL_SECONDS must be at least 60"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            load({"STAGINGMERGE_DEFAULT_IMAGE": "x", f"STAGINGMERGE_{name}": value})

@@ -115,7 +115,7 @@ def test_job_knobs():
     )["spec"]
     assert spec["backoffLimit"] == 1 and spec["activeDeadlineSeconds"] == 99
     assert spec["ttlSecondsAfterFinished"] == 600  # operator default
-    assert job(ttlSecondsAfterFinished=5)["spec"]["ttlSecondsAfterFinished"] == 5
+    assert job(ttlSecondsAfterFinished=65)["spec"]["ttlSecondsAfterFinished"] == 65
     pod = spec["template"]["spec"]
     assert pod["nodeSelector"] == {"a": "b"} and pod["tolerations"][0]["key"] == "k"
     assert "suspend" not in job()["spec"]
@@ -140,3 +140,18 @@ def test_label_values_built_from_names_are_always_valid():
         assert len(value) <= 63 and valid.fullmatch(value), value
     assert label_value("run-1") == "run-1"
     assert label_value("a" * 62 + "-" + "b") != label_value("a" * 62 + "-" + "c")
+
+
+def test_jobs_are_never_best_effort_nor_unbounded_and_run_as_the_image_user():
+    body = job()
+    pod = body["spec"]["template"]["spec"]
+    resources = pod["containers"][0]["resources"]
+    assert resources["requests"]["memory"] and resources["limits"]["memory"]  # Burstable
+    assert body["spec"]["activeDeadlineSeconds"] == 86_400  # the operator's default
+    assert pod["securityContext"]["runAsUser"] == 10001 == pod["securityContext"]["runAsGroup"]
+    assert "imagePullSecrets" not in pod
+    own = job(resources={"requests": {"cpu": "2"}}, activeDeadlineSeconds=60)
+    assert own["spec"]["template"]["spec"]["containers"][0]["resources"] == {
+        "requests": {"cpu": "2"}
+    }
+    assert own["spec"]["activeDeadlineSeconds"] == 60

@@ -34,7 +34,7 @@ def test_every_field():
             serviceAccountName="sa",
             backoffLimit=0,
             activeDeadlineSeconds=60,
-            ttlSecondsAfterFinished=0,
+            ttlSecondsAfterFinished=60,
             suspend=True,
             nodeSelector={"pool": "batch"},
             tolerations=[{"key": "k", "operator": "Exists"}],
@@ -46,7 +46,7 @@ def test_every_field():
     assert parsed.storage_secret == "creds" and parsed.storage_options == {
         "AWS_REGION": "eu-west-1"
     }
-    assert parsed.backoff_limit == 0 and parsed.ttl_seconds_after_finished == 0
+    assert parsed.backoff_limit == 0 and parsed.ttl_seconds_after_finished == 60
     assert parsed.suspend and parsed.queue_name == "q" and parsed.run_policy == "OnSpecChange"
 
 
@@ -64,6 +64,8 @@ def test_every_field():
         ({"batchRows": "many"}, "spec.batchRows must be a whole number"),
         ({"backoffLimit": -1}, "spec.backoffLimit must not be negative"),
         ({"activeDeadlineSeconds": 0}, "must be positive"),
+        # a Job deleted at once would take the merge's metrics with it
+        ({"ttlSecondsAfterFinished": 0}, "spec.ttlSecondsAfterFinished must be at least 60"),
         ({"runPolicy": "Always"}, "spec.runPolicy must be Once or OnSpecChange"),
         ({"storageOptions": {"a": 1}}, "spec.storageOptions must map strings to strings"),
         (
@@ -99,3 +101,11 @@ def test_invalid_specs(bad, message):
         return
     with pytest.raises(InvalidSpecError, match=message):
         parse_spec(spec(**bad))
+
+
+def test_local_paths_are_refused_for_a_real_cluster():
+    from stagingmerge_operator.spec import check_object_storage
+
+    check_object_storage(parse_spec(spec()))  # s3:// is fine
+    with pytest.raises(InvalidSpecError, match=r"spec\.main\.uri /lake/main is a local path"):
+        check_object_storage(parse_spec(spec(main={"uri": "/lake/main"})))
