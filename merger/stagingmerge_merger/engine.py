@@ -1,18 +1,19 @@
-"""The merge use case: staging -> main, exactly once, batch by batch.
+"""The merge use case: staging -> main, exactly once, span by span, batch by batch.
 
 Before anything is written, staging is audited (every rule main would refuse a row
 for, over all of staging, in one pushed-down query) and its key space is cut into
-spans of about `batch_rows` rows (keyspace.py). Then, for each span:
+spans whose keys fit `key_memory` (keyspace.py). Then, for each span:
 
-1. read staging's keys in the span (or take them from the planning pass);
+1. take staging's keys in the span (from the planning pass, or one scan of them);
 2. scan only main's key columns, restricted by a predicate built from the span's
    key ranges (delta-rs prunes files and row groups with it), at version *v*;
 3. anti-join: the keys main does not hold are the ones to insert;
-4. stream staging's rows in the span and keep only those keys; a key staging holds
-   more than once keeps the copy keysets.pick_winners chooses, by content;
-5. append them in one commit; if the commit landed at a version other than *v + 1*,
-   other writers committed in between: re-check the inserted keys against main and,
-   should one now be there twice, rewrite it back to the copy that was there first.
+4. stream staging's rows in the span once and keep only those keys; a key staging
+   holds more than once keeps the copy keysets.pick_winners chooses, by content
+   (selection.py);
+5. cut the stream into commits of at most `batch_rows` rows; a commit whose version
+   shows other writers' commits since *v* gets its keys re-checked against main and,
+   should one now be there twice, rewritten back to the copy that was there first.
 
 All copies of a key are in one span, so the winner, the counts and a dry run's
 counts never depend on batch boundaries, file order or a crash; a rerun sees what
@@ -38,6 +39,7 @@ from .metrics import (
     MERGED,
     NOTHING_TO_MERGE,
     STAGING_CHANGED,
+    BatchResult,
     MergeMetrics,
 )
 from .storage import Location, Prefix, check_deletable, redact_options
@@ -67,19 +69,6 @@ class MergeRequest:
     first_by: tuple[str, ...] = ()  # which copy of a repeated key wins (then: fingerprint)
     key_memory: int = DEFAULT_KEY_MEMORY  # bytes of keys one span may hold (sizes spans)
     key_sample_rows: int = 1_000_000  # planning keeps every key of a staging this small
-
-
-@dataclass(frozen=True)
-class BatchResult:
-    index: int
-    rows: int
-    inserted: int
-    skipped_existing: int
-    skipped_duplicates: int
-    version: int | None
-    seconds: float
-    concurrent_commits: int = 0
-    repaired: int = 0
 
 
 class Progress(Protocol):
@@ -340,7 +329,7 @@ class _Merge:
         predicate = plan.range_predicate(
             names, planned.key_types, keysets.key_ranges(distinct, names)
         )
-        tally = _SpanTally(rows=keys.num_rows, distinct=distinct.num_rows)
+        tally = selection.SpanTally(rows=keys.num_rows, distinct=distinct.num_rows)
         for attempt in range(1, MAX_COMMIT_ATTEMPTS + 1):
             if self.main is None and attempt > 1:
                 self.main = self._open_main()  # another writer may have created it
@@ -380,7 +369,7 @@ class _Merge:
         )
 
     def _commit_pieces(
-        self, pieces: selection.Pieces, planned: _Plan, base: int, tally: _SpanTally
+        self, pieces: selection.Pieces, planned: _Plan, base: int, tally: selection.SpanTally
     ) -> None:
         """One commit per piece. A commit whose version shows other writers' commits since
         the span read main (`base`) gets its keys re-checked and repaired."""
@@ -401,7 +390,7 @@ class _Merge:
             }
             before = self.main.version if self.main else 0
             committed = self._commit(
-                _then_failpoint(_keeping_keys(piece, names, written)), planned, metadata
+                _then_failpoint(selection.keeping_keys(piece, names, written)), planned, metadata
             )
             ours += 1
             failpoints.hit("batch-after-commit")
@@ -421,7 +410,7 @@ class _Merge:
         assert held is not None  # a span with new keys has rows to insert
         self._record(tally.last(held))
 
-    def _count_without_commits(self, tally: _SpanTally, new: int) -> None:
+    def _count_without_commits(self, tally: selection.SpanTally, new: int) -> None:
         """A dry run, or a span with nothing new: the batches a real run would make."""
         count = selection.batch_count(new, self.req.batch_rows)
         for number in range(count):
@@ -553,38 +542,6 @@ class _Merge:
         self.metrics.staging_deleted = True
         self.metrics.staging_objects_deleted = deleted
         log.info("deleted staging", staging=str(self.req.staging), objects=deleted)
-
-
-@dataclass
-class _SpanTally:
-    """A span's counts, handed out batch by batch: each batch its inserted rows, the
-    span's last batch also the rest (copies of keys main held, repeated copies)."""
-
-    rows: int
-    distinct: int
-    inserted: int = 0
-
-    def piece(self, inserted: int) -> BatchResult:
-        self.inserted += inserted
-        return BatchResult(0, inserted, inserted, 0, 0, None, 0.0)
-
-    def last(self, result: BatchResult) -> BatchResult:
-        existing, duplicates = self.distinct - self.inserted, self.rows - self.distinct
-        return replace(
-            result,
-            rows=result.rows + existing + duplicates,
-            skipped_existing=existing,
-            skipped_duplicates=duplicates,
-        )
-
-
-def _keeping_keys(
-    rows: Iterator[pa.RecordBatch], names: Sequence[str], into: list[pa.Table]
-) -> Iterator[pa.RecordBatch]:
-    """The rows, unchanged; the key columns of each go to `into` (to re-check them)."""
-    for batch in rows:
-        into.append(pa.Table.from_batches([batch]).select(list(names)))
-        yield batch
 
 
 def _one_per_key(rows: pa.Table, names: Sequence[str]) -> pa.Table:

@@ -8,8 +8,7 @@ from typing import Any, TextIO
 
 import structlog
 
-from .engine import BatchResult
-from .metrics import MergeMetrics
+from .metrics import BatchResult, MergeMetrics
 
 log = structlog.get_logger("stagingmerge.merge")
 

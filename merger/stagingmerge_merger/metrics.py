@@ -26,6 +26,21 @@ INVALID_INPUT = "invalid_input"
 RUNNING = "running"
 
 
+@dataclass(frozen=True)
+class BatchResult:
+    """What one batch (one commit, or what a dry run would commit) did."""
+
+    index: int
+    rows: int
+    inserted: int
+    skipped_existing: int
+    skipped_duplicates: int
+    version: int | None
+    seconds: float
+    concurrent_commits: int = 0
+    repaired: int = 0
+
+
 @dataclass
 class MergeMetrics:
     """What one run did. `staging_rows == inserted + skipped_existing + skipped_duplicates`

@@ -10,10 +10,12 @@ emitted (keysets.pick_winners). `cut` splits a stream into consecutive pieces of
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
 
 import pyarrow as pa
 
 from . import keysets
+from .metrics import BatchResult
 
 
 def rows_to_insert(
@@ -96,3 +98,35 @@ class Pieces:
 def batch_count(rows: int, size: int) -> int:
     """How many pieces of at most `size` rows `rows` rows make (at least one)."""
     return max(1, -(-rows // size))
+
+
+@dataclass
+class SpanTally:
+    """A span's counts, handed out batch by batch: each batch its inserted rows, the
+    span's last batch also the rest (copies of keys main held, repeated copies)."""
+
+    rows: int
+    distinct: int
+    inserted: int = 0
+
+    def piece(self, inserted: int) -> BatchResult:
+        self.inserted += inserted
+        return BatchResult(0, inserted, inserted, 0, 0, None, 0.0)
+
+    def last(self, result: BatchResult) -> BatchResult:
+        existing, duplicates = self.distinct - self.inserted, self.rows - self.distinct
+        return replace(
+            result,
+            rows=result.rows + existing + duplicates,
+            skipped_existing=existing,
+            skipped_duplicates=duplicates,
+        )
+
+
+def keeping_keys(
+    rows: Iterator[pa.RecordBatch], names: Sequence[str], into: list[pa.Table]
+) -> Iterator[pa.RecordBatch]:
+    """The rows, unchanged; the key columns of each go to `into` (to re-check them)."""
+    for batch in rows:
+        into.append(pa.Table.from_batches([batch]).select(list(names)))
+        yield batch

@@ -50,6 +50,10 @@ class OperatorConfig:
     # a merge pod mounts no volume, so a local path is a mistake on a real cluster; the
     # end-to-end tests (whose job runner runs merges on this machine) allow them
     allow_local_paths: bool = False
+    # where merge_service_account exists (the chart creates it in the release namespace and
+    # each watched one); elsewhere merge pods run as the namespace's default account, since
+    # a pod naming a missing ServiceAccount is refused and its Job never starts. Empty: all.
+    merge_service_account_namespaces: tuple[str, ...] = ()
 
     @property
     def clusterwide(self) -> bool:
@@ -111,6 +115,9 @@ def load(environ: Mapping[str, str] = os.environ) -> OperatorConfig:
         default_resources=_resources(get("DEFAULT_RESOURCES", "")),
         job_deadline_seconds=integer("JOB_DEADLINE_SECONDS", 86_400, minimum=1),
         allow_local_paths=get("ALLOW_LOCAL_PATHS", "false").lower() in ("1", "true", "yes"),
+        merge_service_account_namespaces=tuple(
+            n.strip() for n in get("MERGE_SERVICE_ACCOUNT_NAMESPACES", "").split(",") if n.strip()
+        ),
         image_pull_secrets=tuple(
             n.strip() for n in get("MERGE_IMAGE_PULL_SECRETS", "").split(",") if n.strip()
         ),

@@ -159,7 +159,12 @@ def build_job(
     }
     if config.image_pull_secrets:
         pod_spec["imagePullSecrets"] = [{"name": n} for n in config.image_pull_secrets]
-    service_account = spec.service_account or config.merge_service_account
+    service_account = spec.service_account or (
+        config.merge_service_account
+        if not config.merge_service_account_namespaces
+        or namespace in config.merge_service_account_namespaces
+        else None
+    )
     if service_account:
         pod_spec["serviceAccountName"] = service_account
     if spec.node_selector:

@@ -132,6 +132,8 @@ def test_operator_deployment():
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["STAGINGMERGE_DEFAULT_IMAGE"] == "ghcr.io/stagingmerge/merge:0.1.0"
     assert env["STAGINGMERGE_NAMESPACES"] == "" and env["STAGINGMERGE_JOB_TTL_SECONDS"] == "86400"
+    # the merge ServiceAccount exists only where the chart made it: there it is named
+    assert env["STAGINGMERGE_MERGE_SERVICE_ACCOUNT_NAMESPACES"] == "stagingmerge"
 
 
 def test_every_option_shows_up():

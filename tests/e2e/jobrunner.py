@@ -5,9 +5,10 @@ runs the container's command as a local process with the container's environment
 (env and envFrom Secrets), and when the process ends writes what a kubelet and the
 Job controller would: the container's termination message and exit code on the Pod,
 and the Job's counters and conditions, honouring backoffLimit, podFailurePolicy
-(FailJob on exit codes) and activeDeadlineSeconds. A Job that disappears (deleted,
-or garbage-collected with its StagingMerge) has its process stopped like a pod:
-SIGTERM, then SIGKILL after the grace period.
+(FailJob on exit codes) and activeDeadlineSeconds, and refusing pods that name a
+ServiceAccount the namespace lacks (as the ServiceAccount admission plugin does). A Job
+that disappears (deleted, or garbage-collected with its StagingMerge) has its process
+stopped like a pod: SIGTERM, then SIGKILL after the grace period.
 
 The one liberty: the kubelet would mount the termination log at
 /dev/termination-log; here the process is given `--metrics-file` pointing at a
@@ -69,6 +70,8 @@ class JobRunner:
         self.poll = poll
         self.retry_delay = retry_delay
         self.termination_grace = termination_grace
+        self.pod_refusals: dict[str, str] = {}  # job -> why its pods could not be created
+        self._first_seen: dict[str, float] = {}
         self.attempts: list[Attempt] = []
         self._running: dict[str, Attempt] = {}  # job uid -> attempt in flight
         self._failed: dict[str, int] = {}
@@ -127,7 +130,24 @@ class JobRunner:
         if attempt is None:
             if spec.get("suspend") or time.monotonic() < self._next_start.get(uid, 0):
                 return
-            self._launch(job)
+            refusal = self._pod_refusal(job)
+            if refusal is None:
+                self._launch(job)
+                return
+            # the ServiceAccount admission plugin refuses the pod: the Job controller keeps
+            # trying (FailedCreate) and only activeDeadlineSeconds ends the Job
+            self.pod_refusals.setdefault(meta["name"], refusal)
+            first = self._first_seen.setdefault(uid, time.monotonic())
+            if not status.get("startTime"):
+                self._patch_job(job, {"startTime": _now(), "active": 0})
+            deadline = spec.get("activeDeadlineSeconds")
+            if deadline and time.monotonic() - first > deadline:
+                self._finish_job(
+                    job,
+                    failed=True,
+                    reason="DeadlineExceeded",
+                    message="Job was active longer than specified deadline",
+                )
             return
         deadline = spec.get("activeDeadlineSeconds")
         if deadline and time.monotonic() - attempt.started > deadline:
@@ -182,6 +202,24 @@ class JobRunner:
             self._next_start[uid] = time.monotonic() + self.retry_delay
 
     # --- acting like a kubelet -------------------------------------------------------
+
+    def _pod_refusal(self, job: dict[str, Any]) -> str | None:
+        """What the API server would refuse creating this Job's pod for, or None. Only the
+        ServiceAccount admission check is modelled ('default' always exists)."""
+        namespace = job["metadata"]["namespace"]
+        account = job["spec"]["template"]["spec"].get("serviceAccountName") or "default"
+        if account == "default":
+            return None
+        try:
+            self._core.read_namespaced_service_account(account, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return (
+                    f'pods "{job["metadata"]["name"]}-" is forbidden: error looking up service'
+                    f' account {namespace}/{account}: serviceaccount "{account}" not found'
+                )
+            raise
+        return None
 
     def _launch(self, job: dict[str, Any]) -> None:
         meta = job["metadata"]

@@ -167,3 +167,19 @@ def test_a_failing_job_keeps_its_main_until_its_pods_are_gone(
     ended = runner.attempts_of("first-g1")[0].ended
     assert ended is not None and runner.attempts_of("second-g1")[0].started >= ended
     assert len(store.keys("main")) == 5
+
+
+def test_a_pod_that_cannot_start_does_not_hold_its_main_forever(
+    kubectl, operator, runner, tmp_path
+):
+    """A ServiceAccount missing in the namespace: no pod is ever created. The Job's deadline
+    (the operator's default when the spec sets none) ends it, and the status says so."""
+    main, staging = tmp_path / "main", tmp_path / "staging"
+    write(staging, ct([0], [1]))
+    kubectl.apply(
+        "stuck", spec_for(main, staging, serviceAccountName="nobody", activeDeadlineSeconds=2)
+    )
+    condition = kubectl.wait("stuck", "False", timeout=90)
+    assert condition["reason"] == "DeadlineExceeded"
+    assert 'serviceaccount "nobody" not found' in runner.pod_refusals["stuck-g1"]
+    assert runner.attempts_of("stuck-g1") == [] and staging.exists()

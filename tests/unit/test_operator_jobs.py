@@ -155,3 +155,19 @@ def test_jobs_are_never_best_effort_nor_unbounded_and_run_as_the_image_user():
         "requests": {"cpu": "2"}
     }
     assert own["spec"]["activeDeadlineSeconds"] == 60
+
+
+def test_the_merge_service_account_is_named_only_where_it_exists():
+    from dataclasses import replace
+
+    from stagingmerge_operator.jobs import build_job as build
+    from stagingmerge_operator.spec import parse_spec as parse
+
+    merge = {"metadata": {"name": "m", "namespace": "ct-lake", "uid": "u", "generation": 1}}
+    spec = parse({"main": {"uri": "s3://l/m"}, "staging": {"uri": "s3://l/s"}})
+    only_home = replace(CONFIG, merge_service_account_namespaces=("stagingmerge",))
+    pod = build(merge=merge, spec=spec, config=only_home)["spec"]["template"]["spec"]
+    assert "serviceAccountName" not in pod  # the namespace's default account
+    home = {"metadata": {**merge["metadata"], "namespace": "stagingmerge"}}
+    pod = build(merge=home, spec=spec, config=only_home)["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == CONFIG.merge_service_account
