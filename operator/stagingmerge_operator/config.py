@@ -54,6 +54,9 @@ class OperatorConfig:
     # each watched one); elsewhere merge pods run as the namespace's default account, since
     # a pod naming a missing ServiceAccount is refused and its Job never starts. Empty: all.
     merge_service_account_namespaces: tuple[str, ...] = ()
+    # the namespace of the leader's Lease (the operator's own); "" runs without one
+    leader_namespace: str = ""
+    leader_lease_seconds: float = 15.0
 
     @property
     def clusterwide(self) -> bool:
@@ -115,6 +118,8 @@ def load(environ: Mapping[str, str] = os.environ) -> OperatorConfig:
         default_resources=_resources(get("DEFAULT_RESOURCES", "")),
         job_deadline_seconds=integer("JOB_DEADLINE_SECONDS", 86_400, minimum=1),
         allow_local_paths=get("ALLOW_LOCAL_PATHS", "false").lower() in ("1", "true", "yes"),
+        leader_namespace=get("LEADER_ELECTION_NAMESPACE", ""),
+        leader_lease_seconds=positive_number("LEADER_LEASE_SECONDS", 15),
         merge_service_account_namespaces=tuple(
             n.strip() for n in get("MERGE_SERVICE_ACCOUNT_NAMESPACES", "").split(",") if n.strip()
         ),

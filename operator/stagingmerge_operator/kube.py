@@ -98,6 +98,7 @@ class Kube:
         self._custom = kubernetes.client.CustomObjectsApi(api)
         self._batch = kubernetes.client.BatchV1Api(api)
         self._core = kubernetes.client.CoreV1Api(api)
+        self._coordination = kubernetes.client.CoordinationV1Api(api)
         self._timeout = timeout_seconds
 
     def _plain(self, obj: Any) -> Any:
@@ -227,6 +228,39 @@ class Kube:
                         )
                     )
         return max(ended)[3] or None if ended else None
+
+    # --- the leader's Lease ---------------------------------------------------------
+
+    def get_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
+        lease = _not_found_as_none(
+            lambda: self._coordination.read_namespaced_lease(
+                name, namespace, _request_timeout=self._timeout
+            )
+        )
+        return None if lease is None else self._plain(lease)
+
+    def create_lease(self, namespace: str, name: str, spec: Mapping[str, Any]) -> None:
+        body = {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": dict(spec),
+        }
+        _retrying(
+            lambda: self._coordination.create_namespaced_lease(
+                namespace, body, _request_timeout=self._timeout
+            )
+        )
+
+    def patch_lease(self, lease: Mapping[str, Any], spec: Mapping[str, Any]) -> None:
+        """Merge-patch the spec, only if the Lease is still at the version it was read at."""
+        meta = lease["metadata"]
+        body = {"metadata": {"resourceVersion": meta.get("resourceVersion")}, "spec": dict(spec)}
+        _retrying(
+            lambda: self._coordination.patch_namespaced_lease(
+                meta["name"], meta["namespace"], body, _request_timeout=self._timeout
+            )
+        )
 
     # --- Events --------------------------------------------------------------------
 

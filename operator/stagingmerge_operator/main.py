@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from .config import ConfigError, load
+from .config import ConfigError, OperatorConfig, load
 
 
 def main() -> None:
@@ -25,6 +25,8 @@ def main() -> None:
         )
         raise SystemExit(2) from None
 
+    if config.leader_namespace:
+        _lead(config)
     kopf.configure(
         log_format={
             "json": kopf.LogFormat.JSON,
@@ -40,6 +42,34 @@ def main() -> None:
         if config.liveness_port
         else None,
     )
+
+
+LEASE_NAME = "stagingmerge-operator"
+
+
+def _lead(config: OperatorConfig) -> None:
+    """Hold the leader's Lease before reconciling anything; leave when it is lost."""
+    import logging
+    import os
+
+    from .kube import Kube
+    from .leader import Leadership
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    leadership = Leadership(
+        Kube(timeout_seconds=config.api_timeout_seconds),
+        config.leader_namespace,
+        LEASE_NAME,
+        config.leader_lease_seconds,
+    )
+    leadership.acquire()
+
+    def lost() -> None:
+        sys.stderr.write("stagingmerge-operator: lost the leader's lease; exiting\n")
+        sys.stderr.flush()
+        os._exit(1)  # kopf's handlers must stop now; the next instance takes over
+
+    leadership.keep(lost)
 
 
 if __name__ == "__main__":

@@ -90,15 +90,32 @@ def test_rbac_is_least_privilege(variant):
     # kopf's cluster scanning is off: no CRD or namespace rights in any install mode
     assert not {r for _, r, _ in granted} & {"customresourcedefinitions", "namespaces"}
     names = {d["metadata"]["name"] for d in docs if d["kind"] in ("Role", "ClusterRole")}
-    assert names == {"sm-stagingmerge-framework", "sm-stagingmerge-reconciler"}
+    assert names == {
+        "sm-stagingmerge-framework",
+        "sm-stagingmerge-reconciler",
+        "sm-stagingmerge-leader",
+    }
+    leader = next(d for d in docs if d["metadata"]["name"] == "sm-stagingmerge-leader")
+    assert leader["kind"] == "Role" and leader["metadata"]["namespace"] == "stagingmerge"
+    assert leader["rules"] == [
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "verbs": ["get", "create", "patch"],
+        }
+    ]
 
 
 def test_namespaced_watching_creates_nothing_cluster_wide():
     docs = render("-f", str(EVERYTHING))
     assert not by_kind(docs, "ClusterRole") and not by_kind(docs, "ClusterRoleBinding")
-    assert {d["metadata"]["namespace"] for d in by_kind(docs, "Role")} == {"ct-lake", "ct-lake-dev"}
+    assert {d["metadata"]["namespace"] for d in by_kind(docs, "Role")} == {
+        "ct-lake",
+        "ct-lake-dev",
+        "stagingmerge",  # the leader's Lease only
+    }
     env = {
-        e["name"]: e["value"]
+        e["name"]: e.get("value")
         for e in by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["env"]
     }
     assert env["STAGINGMERGE_NAMESPACES"] == "ct-lake,ct-lake-dev"
@@ -106,7 +123,8 @@ def test_namespaced_watching_creates_nothing_cluster_wide():
 
 def test_cluster_wide_watching_uses_cluster_roles():
     docs = render()
-    assert len(by_kind(docs, "ClusterRole")) == 2 and not by_kind(docs, "Role")
+    assert len(by_kind(docs, "ClusterRole")) == 2
+    assert [r["metadata"]["name"] for r in by_kind(docs, "Role")] == ["sm-stagingmerge-leader"]
     binding = by_kind(docs, "ClusterRoleBinding")[0]
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": "sm-stagingmerge", "namespace": "stagingmerge"}
@@ -129,7 +147,11 @@ def test_operator_deployment():
     }
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
     assert container["resources"]["limits"]["memory"] == "256Mi"
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    leader = next(
+        e for e in container["env"] if e["name"] == "STAGINGMERGE_LEADER_ELECTION_NAMESPACE"
+    )
+    assert leader["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     assert env["STAGINGMERGE_DEFAULT_IMAGE"] == "ghcr.io/stagingmerge/merge:0.1.0"
     assert env["STAGINGMERGE_NAMESPACES"] == "" and env["STAGINGMERGE_JOB_TTL_SECONDS"] == "86400"
     # the merge ServiceAccount exists only where the chart made it: there it is named
@@ -141,7 +163,7 @@ def test_every_option_shows_up():
     deployment = by_kind(docs, "Deployment")[0]
     pod = deployment["spec"]["template"]["spec"]
     container = pod["containers"][0]
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e.get("value") for e in container["env"]}
     assert container["image"] == "registry.example.com/stagingmerge/operator:0.1.0-rc1"
     assert env["STAGINGMERGE_DEFAULT_IMAGE"] == "registry.example.com/stagingmerge/merge:0.1.0-rc1"
     assert env["STAGINGMERGE_ALLOWED_PREFIXES"] == "s3://ct-lake/staging,s3://ct-lake-dev/staging"
@@ -170,7 +192,7 @@ def test_metrics_can_be_turned_off():
     docs = render("--set", "metrics.enabled=false")
     assert not by_kind(docs, "Service")
     env = {
-        e["name"]: e["value"]
+        e["name"]: e.get("value")
         for e in by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["env"]
     }
     assert env["STAGINGMERGE_METRICS_PORT"] == "0"

@@ -274,6 +274,15 @@ class RunningCluster:
         self._stop = asyncio.Event()
         async with ClusterEmulator() as emulator, kmock.Server(emulator) as server:
             emulator.resources.load_bundled()
+            # not in kmock's bundle: the operator's leader election uses it
+            emulator.resources["coordination.k8s.io/v1/leases"] = kmock.ResourceInfo(
+                kind="Lease",
+                singular="lease",
+                namespaced=True,
+                verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
+                shortnames=set(),
+                subresources=set(),
+            )
             emulator.register_crd(ROOT / "crds" / "stagingmerge.io_stagingmerges.yaml")
             self.emulator = emulator
             self.port = server.port
