@@ -207,10 +207,16 @@ def test_values_schema_rejects_bad_values(bad):
     assert result.returncode != 0 and "values don't meet the specifications" in result.stderr
 
 
-def test_chart_crd_is_the_crd():
-    assert (CHART / "crds" / "stagingmerge.io_stagingmerges.yaml").read_text() == (
+def test_chart_crd_is_the_crd_and_upgrades_with_the_chart():
+    assert (CHART / "files" / "stagingmerge.io_stagingmerges.yaml").read_text() == (
         ROOT / "crds" / "stagingmerge.io_stagingmerges.yaml"
     ).read_text()
+    # a template, not crds/ (which helm installs once and never upgrades), kept on uninstall
+    assert not (CHART / "crds").exists()
+    (crd,) = by_kind(render(), "CustomResourceDefinition")
+    assert crd == yaml.safe_load((ROOT / "crds" / "stagingmerge.io_stagingmerges.yaml").read_text())
+    assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert not by_kind(render("--set", "crds.install=false"), "CustomResourceDefinition")
 
 
 def test_every_value_is_documented():
