@@ -38,6 +38,7 @@ from kmock._internal import enums, rendering
 from kmock._internal.k8s import KubernetesError, KubernetesObjectNotFoundError
 
 ROOT = Path(__file__).resolve().parents[2]
+OPERATOR_TOKEN = "operator-token"  # the operator's kubeconfig; RBAC applies to it
 
 
 @dataclass
@@ -87,9 +88,19 @@ def matches_selector(labels: dict[str, str], selector: str) -> bool:
     return True
 
 
+_VERBS = {
+    enums.action.LIST: "list",
+    enums.action.WATCH: "watch",
+    enums.action.FETCH: "get",
+    enums.action.CREATE: "create",
+    enums.action.DELETE: "delete",
+}
+
+
 @attrs.define(kw_only=True)
 class ClusterEmulator(kmock.KubernetesEmulator):
     faults: list[Fault] = attrs.field(factory=list)
+    authorizer: Any = None  # tests.e2e.rbac.Authorizer, when RBAC is enforced
     _versions: Any = attrs.field(factory=lambda: itertools.count(1000), init=False)
 
     def register_crd(self, path: Path) -> None:
@@ -121,6 +132,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                         message=f"fault injected by the test ({fault.status})",
                     )
                 break
+        self._authorize(request)
         if request.resource is not None and request.action == enums.action.CREATE:
             request = self._prepare_create(request)
         elif (
@@ -135,6 +147,38 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         if request.action in (enums.action.DELETE, enums.action.UPDATE):
             await self._collect_garbage()  # a delete, or a patch that dropped the last finalizer
         return response
+
+    def _authorize(self, request: rendering.Request) -> None:
+        """RBAC (tests/e2e/rbac.py) for requests carrying a known token; 403 if refused."""
+        if self.authorizer is None or request.resource is None or not request.resource.plural:
+            return  # discovery (/api/v1, /apis/batch/v1): system:discovery allows it to all
+        token = (request.headers.get("Authorization") or "").removeprefix("Bearer ").strip()
+        user = self.authorizer.tokens.get(token)
+        if user is None:
+            return  # the tests' own client: an administrator
+        resource = request.resource.plural + (
+            f"/{request.subresource}" if request.subresource else ""
+        )
+        verb = _VERBS.get(request.action) or ("patch" if request.method == "PATCH" else "update")
+        checks = [((verb, request.resource.group, resource), request.namespace)]
+        if request.action == enums.action.CREATE:
+            # OwnerReferencesPermissionEnforcement: blockOwnerDeletion needs update on the
+            # owner's finalizers subresource
+            for ref in ((request.data or {}).get("metadata") or {}).get("ownerReferences") or []:
+                if ref.get("blockOwnerDeletion"):
+                    group = str(ref.get("apiVersion", "")).rpartition("/")[0]
+                    plural = self._plural(group, ref.get("kind"))
+                    checks.append((("update", group, f"{plural}/finalizers"), request.namespace))
+        for grant, namespace in checks:
+            refusal = self.authorizer.check(user, grant, namespace)
+            if refusal is not None:
+                raise KubernetesError(status=403, reason="Forbidden", message=refusal)
+
+    def _plural(self, group: str, kind: Any) -> str:
+        for key, info in self.resources.items():
+            if info.kind == kind and (key.group or "") == group:
+                return str(key.plural)
+        return f"{str(kind).lower()}s"
 
     def _prepare_create(self, request: rendering.Request) -> rendering.Request:
         data = copy.deepcopy(request.data or {})
@@ -252,7 +296,8 @@ def _labels(obj: dict[str, Any]) -> dict[str, str]:
 class RunningCluster:
     """The emulator served on 127.0.0.1 from a background thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, authorizer: Any = None) -> None:
+        self.authorizer = authorizer
         self.emulator: ClusterEmulator | None = None
         self.port = 0
         self._loop = asyncio.new_event_loop()
@@ -272,7 +317,10 @@ class RunningCluster:
 
     async def _serve(self) -> None:
         self._stop = asyncio.Event()
-        async with ClusterEmulator() as emulator, kmock.Server(emulator) as server:
+        async with (
+            ClusterEmulator(authorizer=self.authorizer) as emulator,
+            kmock.Server(emulator) as server,
+        ):
             emulator.resources.load_bundled()
             # not in kmock's bundle: the operator's leader election uses it
             emulator.resources["coordination.k8s.io/v1/leases"] = kmock.ResourceInfo(
@@ -305,13 +353,13 @@ class RunningCluster:
                     "apiVersion": "v1",
                     "kind": "Config",
                     "clusters": [{"name": "emulator", "cluster": {"server": self.url}}],
-                    "users": [{"name": "test", "user": {"token": "test-token"}}],
+                    "users": [{"name": "operator", "user": {"token": OPERATOR_TOKEN}}],
                     "contexts": [
                         {
                             "name": "emulator",
                             "context": {
                                 "cluster": "emulator",
-                                "user": "test",
+                                "user": "operator",
                                 "namespace": "default",
                             },
                         }

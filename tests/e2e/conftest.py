@@ -2,20 +2,42 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 
-from tests.e2e.cluster import RunningCluster
+from tests.e2e.cluster import OPERATOR_TOKEN, RunningCluster
 from tests.e2e.harness import Kubectl, Operator
 from tests.e2e.jobrunner import JobRunner
+from tests.e2e.rbac import HELM, OPERATOR, Authorizer, render_chart
 
 pytestmark = pytest.mark.e2e
 
 
+@pytest.fixture(scope="session")
+def chart_rbac():
+    """The chart's RBAC of a cluster-wide install, as helm renders it (None without helm)."""
+    if not HELM.exists():
+        warnings.warn(
+            "no helm in .tools/bin (make test fetches it): RBAC is not enforced", stacklevel=1
+        )
+        return None
+    return render_chart()
+
+
 @pytest.fixture
-def cluster():
-    running = RunningCluster().start()
+def cluster(chart_rbac):
+    """The API emulator, enforcing the chart's RBAC on the operator's requests."""
+    authorizer = (
+        Authorizer.from_manifests(chart_rbac, {OPERATOR_TOKEN: OPERATOR})
+        if chart_rbac is not None
+        else None
+    )
+    running = RunningCluster(authorizer).start()
     yield running
     running.stop()
+    if authorizer is not None:
+        assert not authorizer.refused, authorizer.refused
 
 
 @pytest.fixture

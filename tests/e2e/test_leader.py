@@ -12,7 +12,7 @@ from tests.helpers import ct, write
 
 pytestmark = pytest.mark.e2e
 LEASE = {
-    "STAGINGMERGE_LEADER_ELECTION_NAMESPACE": "default",
+    "STAGINGMERGE_LEADER_ELECTION_NAMESPACE": "stagingmerge",
     "STAGINGMERGE_LEADER_LEASE_SECONDS": "2",
 }
 
@@ -20,7 +20,9 @@ LEASE = {
 def holder(kubectl) -> str | None:
     api = kubernetes.client.CoordinationV1Api(kubectl.api)
     try:
-        return api.read_namespaced_lease("stagingmerge-operator", "default").spec.holder_identity
+        return api.read_namespaced_lease(
+            "stagingmerge-operator", "stagingmerge"
+        ).spec.holder_identity
     except kubernetes.client.exceptions.ApiException:
         return None
 
