@@ -55,7 +55,7 @@ def plain_append(main: str, staging: str) -> int:
     # handed over from a thread, exactly as the merge does it.
     handoff = Handoff(b.select(schema.names).cast(schema) for b in batches())
     with handoff.feeding():
-        write_deltalake(dt, pa.RecordBatchReader.from_batches(schema, iter(handoff)), mode="append")
+        write_deltalake(dt, handoff.reader(schema), mode="append")
     return inserted
 
 

@@ -117,6 +117,10 @@ class Handoff:
             with contextlib.suppress(queue.Full):
                 self._queue.put(self._END, timeout=5)
 
+    def reader(self, schema: pa.Schema) -> pa.RecordBatchReader:
+        """The rows as the reader a delta-rs writer takes."""
+        return pa.RecordBatchReader.from_batches(schema, iter(self))
+
     def __iter__(self) -> Iterator[pa.RecordBatch]:
         while True:
             item = self._queue.get()
@@ -231,19 +235,14 @@ class Table:
         for name in columns:
             if name in found:
                 continue
-            if name in partitions:
-                values = next(
-                    (
-                        f"partition.{n}"
-                        for n in (name, physical.get(name))
-                        if f"partition.{n}" in actions.column_names
-                    ),
-                    None,
-                )
-                if values is not None and actions[values].null_count == 0:
-                    found.add(name)
+            if name in partitions:  # listed by logical name, or physical with column mapping
+                for values in (f"partition.{name}", f"partition.{physical[name]}"):
+                    if values in actions.column_names:
+                        if actions[values].null_count == 0:
+                            found.add(name)
+                        break
                 continue
-            counts = f"null_count.{physical.get(name, name)}"
+            counts = f"null_count.{physical[name]}"
             if counts in actions.column_names:
                 column = actions[counts]
                 if column.null_count == 0 and pc.max(column).as_py() == 0:
@@ -289,11 +288,10 @@ class Table:
     ) -> int:
         """Append in one commit; return the version committed."""
         handoff = Handoff(batches)
-        reader = pa.RecordBatchReader.from_batches(schema, iter(handoff))
         with handoff.feeding(), translate_errors(self.location, self._options, "append to"):
             write_deltalake(
                 self._dt,
-                reader,
+                handoff.reader(schema),
                 mode="append",
                 writer_properties=WRITER_PROPERTIES,
                 commit_properties=CommitProperties(custom_metadata=dict(metadata)),

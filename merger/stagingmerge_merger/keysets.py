@@ -16,7 +16,7 @@ import datetime as dt
 import decimal
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -158,20 +158,6 @@ def key_ranges(keys: pa.Table, names: Sequence[str]) -> list[KeyRange]:
     ]
 
 
-def ranges_overlap(a: Iterable[KeyRange], b: Iterable[KeyRange]) -> bool:
-    spans: dict[tuple[object, ...], list[KeyRange]] = {}
-    for r in b:
-        spans.setdefault(r.prefix, []).append(r)
-    return any(
-        r.low <= other.high and other.low <= r.high for r in a for other in spans.get(r.prefix, ())
-    )
-
-
 def key_tuples(keys: pa.Table, names: Sequence[str]) -> list[tuple[object, ...]]:
     columns = [keys[n].to_pylist() for n in names]
     return list(zip(*columns, strict=True))
-
-
-def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """Cast the named columns to `schema` (DataFusion scans give string_view etc.)."""
-    return table.select(schema.names).cast(schema)

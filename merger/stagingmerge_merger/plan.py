@@ -378,7 +378,3 @@ def keys_in_predicate(
 
 def _or(terms: Sequence[str]) -> str:
     return terms[0] if len(terms) == 1 else " OR ".join(f"({t})" for t in terms)
-
-
-def null_predicate(columns: Sequence[str]) -> str:
-    return " OR ".join(f"{quote_ident(c)} IS NULL" for c in columns)

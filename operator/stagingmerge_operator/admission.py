@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _NAME_PART = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
 _LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
@@ -42,14 +41,6 @@ def dns_subdomain(value: str, field: str) -> None:
         raise RefusedField(
             f"{field} {value!r} is not a valid name: lowercase letters, digits, '-' and '.',"
             " starting and ending with a letter or digit, at most 253 characters"
-        )
-
-
-def dns_label(value: str, field: str) -> None:
-    if not (len(value) <= 63 and _DNS_LABEL.fullmatch(value)):
-        raise RefusedField(
-            f"{field} {value!r} is not a valid DNS label: lowercase letters, digits and '-',"
-            " starting and ending with a letter or digit, at most 63 characters"
         )
 
 

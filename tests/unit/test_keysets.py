@@ -61,21 +61,6 @@ def test_key_ranges_per_prefix():
     assert keysets.key_ranges(keys([]), NAMES) == []
 
 
-def test_ranges_overlap_only_within_a_prefix():
-    a = [KeyRange(("a",), 1, 5)]
-    assert keysets.ranges_overlap(a, [KeyRange(("a",), 5, 9)])
-    assert not keysets.ranges_overlap(a, [KeyRange(("a",), 6, 9)])
-    assert not keysets.ranges_overlap(a, [KeyRange(("b",), 1, 5)])
-
-
-def test_conform_casts_view_types():
-    table = pa.table(
-        {"u": pa.array(["x"], pa.string_view()), "i": pa.array([1], pa.int64()), "extra": [0]}
-    )
-    schema = pa.schema([("i", pa.int64()), ("u", pa.string())])
-    assert keysets.conform(table, schema).schema == schema
-
-
 def test_winners_depend_on_content_not_order():
     from stagingmerge_merger.keysets import pick_winners, row_fingerprints
 

@@ -196,6 +196,3 @@ class TestPredicates:
             '("source_url" = \'a\' AND "cert_index" IN (1, 2)) OR '
             '("source_url" = \'b\' AND "cert_index" IN (1))'
         )
-
-    def test_null_predicate(self):
-        assert plan.null_predicate(["a", "b"]) == '"a" IS NULL OR "b" IS NULL'
