@@ -143,10 +143,11 @@ def outcome_of(job: JobState, metrics: Mapping[str, Any] | None) -> Outcome:
 
 
 def summary(metrics: Mapping[str, Any]) -> str:
+    batches = metrics.get("batches", 0)
     return (
         f"inserted {metrics.get('inserted', 0)} rows, skipped {metrics.get('skipped_existing', 0)}"
         f" already in main and {metrics.get('skipped_duplicates', 0)} duplicates in staging"
-        f" ({metrics.get('batches', 0)} batches, {metrics.get('duration_seconds', 0)} s)"
+        f" ({batches} batch{'' if batches == 1 else 'es'}, {metrics.get('duration_seconds', 0)} s)"
     )
 
 

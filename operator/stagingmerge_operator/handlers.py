@@ -14,6 +14,7 @@ import kopf
 from . import GROUP, PLURAL, VERSION, metrics
 from . import config as config_module
 from .jobs import JOB_SELECTOR
+from .jobwatch import JobWatch
 from .kube import Kube
 from .reconcile import Reconciler
 
@@ -59,6 +60,7 @@ class _Poller:
 
 
 _poller = _Poller()
+_job_watch: JobWatch | None = None
 
 
 @kopf.on.startup()
@@ -80,6 +82,16 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.client_timeout = 360
     metrics.serve(CONFIG.metrics_port)
     _poller.start()
+    global _job_watch  # the merge Jobs, selected by the API server (not kopf's client side)
+    _job_watch = JobWatch(
+        Kube(timeout_seconds=CONFIG.api_timeout_seconds),
+        CONFIG.namespaces,
+        ",".join(f"{k}={v}" for k, v in JOB_SELECTOR.items()),
+        lambda namespace, name: reconciler().reconcile(namespace, name),
+        server_timeout=settings.watching.server_timeout or 300,
+        client_timeout=settings.watching.client_timeout or 360,
+    )
+    _job_watch.start()
     logging.getLogger("stagingmerge.operator").info(
         "operator configured: namespaces=%s default_image=%s",
         ",".join(CONFIG.namespaces) or "<all>",
@@ -98,11 +110,5 @@ def merge_changed(namespace: str | None, name: str, **_: Any) -> None:
 @kopf.on.cleanup()
 def stop_polling(**_: Any) -> None:
     _poller.stop()
-
-
-@kopf.on.event("batch", "v1", "jobs", labels=JOB_SELECTOR)
-def job_changed(body: kopf.Body, namespace: str | None, **_: Any) -> None:
-    assert namespace is not None
-    for owner in body.get("metadata", {}).get("ownerReferences") or []:
-        if owner.get("apiVersion", "").startswith(GROUP + "/") and owner.get("controller"):
-            reconciler().reconcile(namespace, owner["name"])
+    if _job_watch is not None:
+        _job_watch.stop()

@@ -10,11 +10,12 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import kubernetes
+import kubernetes.watch
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
@@ -202,6 +203,29 @@ class Kube:
                 ns, label_selector=selector, _request_timeout=self._timeout
             ),
         )
+
+    def job_events(
+        self, namespace: str | None, selector: str, server_timeout: int, client_timeout: float
+    ) -> Iterator[dict[str, Any]]:
+        """List the selected Jobs (as ADDED events), then watch them from that list's
+        resourceVersion until the server ends the watch. The label selector is applied
+        by the API server: Jobs of others never reach the operator."""
+        if namespace is None:
+            listing = functools.partial(self._batch.list_job_for_all_namespaces)
+        else:
+            listing = functools.partial(self._batch.list_namespaced_job, namespace)
+        listed = _retrying(lambda: listing(label_selector=selector, _request_timeout=self._timeout))
+        for job in listed.items or []:
+            yield {"type": "ADDED", "object": self._plain(job)}
+        stream = kubernetes.watch.Watch().stream(
+            listing,
+            label_selector=selector,
+            resource_version=listed.metadata.resource_version,
+            timeout_seconds=server_timeout,
+            _request_timeout=client_timeout,
+        )
+        for event in stream:
+            yield {"type": event["type"], "object": self._plain(event["object"])}
 
     def termination_message(
         self, namespace: str, job_name: str, container: str, succeeded: bool

@@ -8,6 +8,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
@@ -68,3 +69,19 @@ def test_copied_paths_exist(dockerfile):
             *sources, _target = rest.split()
             for source in sources:
                 assert (ROOT / source).exists(), source
+
+
+def test_base_images_are_pinned_by_digest_and_shared():
+    """A tag alone can change under a rebuilt image; every stage of both images names the
+    same base by digest (Dependabot moves it, .github/dependabot.yml)."""
+    bases = {
+        rest.split()[0]
+        for dockerfile in IMAGES
+        for word, rest in instructions(ROOT / dockerfile)
+        if word == "FROM" and not rest.startswith(("build", "$"))
+    }
+    assert len(bases) == 1, bases
+    assert re.fullmatch(r"python:3\.11-slim-bookworm@sha256:[0-9a-f]{64}", bases.pop())
+    dependabot = yaml.safe_load((ROOT / ".github" / "dependabot.yml").read_text())
+    (docker,) = [u for u in dependabot["updates"] if u["package-ecosystem"] == "docker"]
+    assert sorted(docker["directories"]) == sorted(f"/{Path(d).parent}" for d in IMAGES)

@@ -6,10 +6,10 @@ import warnings
 
 import pytest
 
-from tests.e2e.cluster import OPERATOR_TOKEN, RunningCluster
+from tests.e2e.emulator.cluster import OPERATOR_TOKEN, RunningCluster
+from tests.e2e.emulator.jobrunner import JobRunner
+from tests.e2e.emulator.rbac import HELM, OPERATOR, Authorizer, render_chart
 from tests.e2e.harness import Kubectl, Operator
-from tests.e2e.jobrunner import JobRunner
-from tests.e2e.rbac import HELM, OPERATOR, Authorizer, render_chart
 
 pytestmark = pytest.mark.e2e
 
@@ -36,6 +36,8 @@ def cluster(chart_rbac):
     running = RunningCluster(authorizer).start()
     yield running
     running.stop()
+    assert running.emulator is not None
+    assert not running.emulator.pruned, f"a real API server drops: {running.emulator.pruned}"
     if authorizer is not None:
         assert not authorizer.refused, authorizer.refused
 

@@ -14,9 +14,11 @@ from typing import Any, TypeVar
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
-from tests.e2e.cluster import RunningCluster
+from tests.e2e.emulator.cluster import RunningCluster
 
 T = TypeVar("T")
+ROOT = Path(__file__).resolve().parents[2]
+KUBECTL = ROOT / ".tools" / "bin" / "kubectl"  # tools/get_helm.py puts it there
 GROUP, VERSION, PLURAL = "stagingmerge.io", "v1alpha1", "stagingmerges"
 OPERATOR = str(Path(sys.executable).with_name("stagingmerge-operator"))
 
@@ -168,3 +170,23 @@ class Kubectl:
             namespace,
             {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": data},
         )
+
+
+class KubectlCli:
+    """The real kubectl binary against the emulator, as a cluster administrator would run it."""
+
+    def __init__(self, cluster: RunningCluster, workdir: Path) -> None:
+        self.kubeconfig = cluster.kubeconfig(workdir / "admin-kubeconfig", token="admin")
+
+    def __call__(self, *args: str, timeout: float = 600) -> str:
+        """Run `kubectl ARGS`; its output, or AssertionError with kubectl's own message."""
+        done = subprocess.run(
+            [str(KUBECTL), "--kubeconfig", str(self.kubeconfig), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)}: rc {done.returncode}: {done.stderr}")
+        return done.stdout + done.stderr

@@ -1,13 +1,19 @@
-"""The test API server itself (tests/e2e/cluster.py): what it adds to kmock, checked."""
+"""The test API server itself (tests/e2e/emulator/cluster.py): what it adds to kmock, checked."""
 
 from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
 
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from tests.e2e.cluster import matches_selector, merge_diff
+from tests.e2e.emulator.cluster import OPERATOR_TOKEN, matches_fields, matches_selector, merge_diff
+from tests.e2e.emulator.printing import human_duration
 
 pytestmark = pytest.mark.e2e
+SPEC = {"main": {"uri": "/m"}, "staging": {"uri": "/s"}}
 
 
 def test_create_assigns_identity_and_answers_201(kubectl):
@@ -20,7 +26,7 @@ def test_create_assigns_identity_and_answers_201(kubectl):
             "apiVersion": "stagingmerge.io/v1alpha1",
             "kind": "StagingMerge",
             "metadata": {"name": "a"},
-            "spec": {"main": {"uri": "/m"}},
+            "spec": SPEC,
         },
     )
     merge = kubectl.get("a")
@@ -36,7 +42,7 @@ def test_create_assigns_identity_and_answers_201(kubectl):
 
 
 def test_generation_moves_with_the_spec_and_status_is_a_subresource(kubectl):
-    kubectl.apply("b", {"main": {"uri": "/m"}})
+    kubectl.apply("b", SPEC)
     kubectl.custom.patch_namespaced_custom_object_status(
         "stagingmerge.io",
         "v1alpha1",
@@ -67,7 +73,7 @@ def test_generation_moves_with_the_spec_and_status_is_a_subresource(kubectl):
 
 
 def test_stale_resource_versions_are_refused(kubectl):
-    created = kubectl.apply("c", {"main": {"uri": "/m"}})
+    created = kubectl.apply("c", SPEC)
     stale = created["metadata"]["resourceVersion"]
     kubectl.patch_spec("c", {"batchRows": 1})
     with pytest.raises(ApiException) as info:
@@ -83,7 +89,7 @@ def test_stale_resource_versions_are_refused(kubectl):
 
 
 def test_owned_objects_are_garbage_collected(kubectl):
-    owner = kubectl.apply("d", {"main": {"uri": "/m"}})
+    owner = kubectl.apply("d", SPEC)
     kubectl.batch.create_namespaced_job(
         "default",
         {
@@ -124,3 +130,128 @@ def test_selectors_and_merge_diffs():
         "b": {"d": 3},
         "e": [1],
     }
+
+
+# --- what kubectl and a real API server's validation add ---------------------------------
+
+BASE = "/apis/stagingmerge.io/v1alpha1"
+
+
+def http(cluster, method, path, body=None, headers=None, token=None):
+    """One raw request; (status, JSON body)."""
+    request = urllib.request.Request(
+        cluster.url + path,
+        method=method,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={
+            "Content-Type": "application/merge-patch+json"
+            if method == "PATCH"
+            else "application/json",
+            **({"Authorization": f"Bearer {token}"} if token else {}),
+            **(headers or {}),
+        },
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"null")
+
+
+def body(name, spec):
+    return {
+        "apiVersion": "stagingmerge.io/v1alpha1",
+        "kind": "StagingMerge",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
+def test_writes_are_validated_and_pruned_as_the_crd_says(cluster):
+    path = f"{BASE}/namespaces/default/stagingmerges"
+    code, answer = http(
+        cluster, "POST", path + "?fieldValidation=Strict", body("a", {**SPEC, "x": 1})
+    )
+    assert code == 400 and 'unknown field "spec.x"' in answer["message"]
+    code, answer = http(cluster, "POST", path, body("a", {**SPEC, "batchRows": 0}))
+    assert code == 422 and answer["details"]["causes"][0]["field"] == "spec.batchRows"
+    code, answer = http(
+        cluster, "POST", path, body("a", {"main": {"uri": "/t"}, "staging": {"uri": "/t"}})
+    )
+    assert code == 422 and "must not be spec.main.uri" in answer["message"]  # a CEL rule
+    code, created = http(cluster, "POST", path, body("a", {**SPEC, "x": 1}))
+    assert code == 201 and "x" not in created["spec"]  # pruned, as without Strict
+    assert created["spec"]["batchRows"] == 250000 and created["spec"]["runPolicy"] == "Once"
+    assert cluster.emulator.pruned == []  # the tests' own requests are not the operator's
+    code, _ = http(
+        cluster,
+        "PATCH",
+        f"{path}/a/status",
+        {"status": {"phase": "Running", "invented": True}},
+        token=OPERATOR_TOKEN,
+    )
+    stored = http(cluster, "GET", f"{path}/a")[1]
+    assert code == 200 and stored["status"] == {"phase": "Running"}
+    assert cluster.emulator.pruned == [f"PATCH {path}/a/status: status.invented"]
+    cluster.emulator.pruned.clear()  # seen: the fixture's own check must not fail this test
+    code, _ = http(cluster, "PATCH", f"{path}/a/status", {"status": {"phase": "Later"}})
+    assert code == 422  # not in the phase enum
+
+
+def test_what_kubectl_reads(cluster, kubectl):
+    kubectl.apply("t", SPEC)
+    path = f"{BASE}/namespaces/default/stagingmerges"
+    assert http(cluster, "GET", path)[1]["kind"] == "StagingMergeList"
+    table_accept = {"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"}
+    _, table = http(cluster, "GET", path, headers=table_accept)
+    assert table["kind"] == "Table"
+    assert [c["name"] for c in table["columnDefinitions"]][:2] == ["Name", "Status"]
+    cells = table["rows"][0]["cells"]
+    assert cells[0] == "t" and cells[1] is None and cells[5].endswith("s")  # age, not a stamp
+    resources = http(cluster, "GET", BASE)[1]["resources"]
+    main = next(r for r in resources if r["name"] == "stagingmerges")
+    status = next(r for r in resources if r["name"] == "stagingmerges/status")
+    assert main["shortNames"] == ["smerge"] and "stagingmerge" in main["categories"]
+    assert status["shortNames"] == [] and status["verbs"] == ["get", "patch", "update"]
+    index = http(cluster, "GET", "/openapi/v3")[1]["paths"]
+    document = http(cluster, "GET", index["apis/stagingmerge.io/v1alpha1"]["serverRelativeURL"])[1]
+    patch = document["paths"][path.replace("default", "{namespace}") + "/{name}"]["patch"]
+    assert "fieldValidation" in [p["name"] for p in patch["parameters"]]
+    kubectl.core.create_namespaced_event(
+        "default", {"metadata": {"name": "e1"}, "involvedObject": {"name": "t"}, "reason": "R"}
+    )
+    kubectl.core.create_namespaced_event(
+        "default", {"metadata": {"name": "e2"}, "involvedObject": {"name": "u"}, "reason": "R"}
+    )
+    selected = kubectl.core.list_namespaced_event(
+        "default", field_selector="involvedObject.name=t,reason=R"
+    )
+    assert [e.metadata.name for e in selected.items] == ["e1"]
+
+
+def test_a_streaming_list_ends_its_initial_events_with_a_bookmark(cluster, kubectl):
+    kubectl.apply("w", SPEC)
+    url = (
+        f"{cluster.url}{BASE}/namespaces/default/stagingmerges?watch=true&sendInitialEvents=true"
+        "&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true"
+    )
+    with urllib.request.urlopen(url, timeout=30) as stream:
+        first, second = json.loads(stream.readline()), json.loads(stream.readline())
+    assert (first["type"], first["object"]["metadata"]["name"]) == ("ADDED", "w")
+    assert second["type"] == "BOOKMARK"
+    assert second["object"]["metadata"]["annotations"] == {"k8s.io/initial-events-end": "true"}
+
+
+def test_field_selectors_and_ages():
+    event = {"involvedObject": {"name": "a", "kind": "K"}, "type": "Normal"}
+    assert matches_fields(event, "involvedObject.name=a,involvedObject.kind==K")
+    assert not matches_fields(event, "type!=Normal") and matches_fields(event, "reason!=X")
+    assert [human_duration(s) for s in (5, 119, 150, 600, 7200, 90000, 86400 * 30)] == [
+        "5s",
+        "119s",
+        "2m30s",
+        "10m",
+        "120m",
+        "25h",
+        "30d",
+    ]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from kmock._internal import enums
 
-from tests.e2e.cluster import Fault
+from tests.e2e.emulator.cluster import OPERATOR_TOKEN, Fault
 from tests.e2e.harness import Operator
 from tests.helpers import ct, key_list, write
 
@@ -52,3 +52,46 @@ def test_status_converges_through_api_errors_and_timeouts(cluster, kubectl, runn
     assert status["metrics"]["inserted"] == 3 and status["observedGeneration"] == 1
     assert len(key_list(main)) == 6
     assert all(f.times == 0 for f in cluster.emulator.faults), "every fault was hit"
+
+
+def test_job_events_are_selected_by_the_server_and_survive_410(cluster, kubectl, runner, tmp_path):
+    """The merge Jobs' watch sends its label selector to the API server (no other Job
+    reaches the operator) and lists again after 410 Gone. The poller is set to an hour, so
+    only the watch can move this merge along."""
+    main, staging = tmp_path / "main", tmp_path / "staging"
+    write(main, ct([0] * 3, range(3), seed=1))
+    write(staging, ct([0] * 4, range(2, 6), seed=2))
+    kubectl.batch.create_namespaced_job(
+        "default",
+        {
+            "metadata": {"name": "someone-elses"},
+            "spec": {
+                "suspend": True,  # Kueue's, say; the job runner leaves it alone
+                "template": {
+                    "spec": {"containers": [{"name": "c", "image": "x", "command": ["true"]}]}
+                },
+            },
+        },
+    )
+    cluster.inject(Fault(on(enums.action.WATCH, "jobs"), times=2, status=410))
+    operator = Operator(cluster, tmp_path, STAGINGMERGE_QUEUE_POLL_SECONDS="3600").start()
+    try:
+        kubectl.apply("watched", {"main": {"uri": str(main)}, "staging": {"uri": str(staging)}})
+        condition = kubectl.wait("watched", "True", timeout=120)
+    finally:
+        operator.stop()
+    assert condition["reason"] == "Merged" and len(key_list(main)) == 6
+    assert all(f.times == 0 for f in cluster.emulator.faults), "the 410s were served"
+    job_reads = [
+        r
+        for r in cluster.emulator._requests
+        if r.headers.get("Authorization") == f"Bearer {OPERATOR_TOKEN}"
+        and r.resource is not None
+        and r.resource.plural == "jobs"
+        and r.action in (enums.action.LIST, enums.action.WATCH)
+    ]
+    assert job_reads and all(
+        "app.kubernetes.io/managed-by=stagingmerge-operator"
+        in r.params.get("labelSelector", "").split(",")
+        for r in job_reads
+    ), [(r.action, dict(r.params)) for r in job_reads]

@@ -1,15 +1,15 @@
 """Least privilege, measured: the operator runs against the emulator enforcing the chart's
-RBAC (tests/e2e/rbac.py) in both install modes; every request it makes is allowed, and
+RBAC (tests/e2e/emulator/rbac.py) in both install modes; every request it makes is allowed, and
 every rule the chart grants it is used."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.e2e.cluster import OPERATOR_TOKEN, RunningCluster
+from tests.e2e.emulator.cluster import OPERATOR_TOKEN, RunningCluster
+from tests.e2e.emulator.jobrunner import JobRunner
+from tests.e2e.emulator.rbac import HELM, OPERATOR, Authorizer, render_chart, unused
 from tests.e2e.harness import Kubectl, Operator, wait_for
-from tests.e2e.jobrunner import JobRunner
-from tests.e2e.rbac import HELM, OPERATOR, Authorizer, render_chart, unused
 from tests.e2e.test_operator import spec_for
 from tests.helpers import ct, write
 

@@ -10,7 +10,7 @@ import threading
 import pytest
 from kmock._internal import enums
 
-from tests.e2e.cluster import Fault
+from tests.e2e.emulator.cluster import Fault
 from tests.e2e.harness import wait_for
 from tests.e2e.test_faults import on
 from tests.e2e.test_operator import spec_for

@@ -188,3 +188,10 @@ def test_which_generations_run():
     assert not wants_run({"runGeneration": 2, "phase": "Succeeded"}, "OnSpecChange", 2)
     assert wants_run({"runGeneration": 1, "phase": "Failed"}, "Once", 2)  # a retry by edit
     assert not wants_run({"runGeneration": 1, "phase": "Failed"}, "Once", 1)
+
+
+def test_the_summary_counts_batches_in_good_english():
+    assert c.summary({"inserted": 3, "batches": 1, "duration_seconds": 0.1}).endswith(
+        "(1 batch, 0.1 s)"
+    )
+    assert "(2 batches" in c.summary({"batches": 2})

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 HELM = ROOT / ".tools" / "bin" / "helm"
 RELEASE, RELEASE_NAMESPACE = "sm", "stagingmerge"
 OPERATOR = f"system:serviceaccount:{RELEASE_NAMESPACE}:{RELEASE}-stagingmerge"

@@ -9,7 +9,12 @@ tests (tests/e2e/test_cluster.py), exactly that:
 - the status subresource: PATCH .../status changes only status, a PATCH of the
   object leaves status alone;
 - JSON Patch (RFC 6902) bodies, turned into the merge patch kmock applies;
-- equality label selectors on list and watch;
+- equality label and field selectors on list and watch; typed lists (`kind: ...List`);
+- what kubectl needs: discovery with short names and categories (subresources as the API
+  server lists them), server-side printing (Table, tests/e2e/emulator/printing.py), OpenAPI v3
+  (tests/e2e/emulator/openapi.py) and field validation;
+- custom objects pruned, validated and CEL-checked against their CRD on every write
+  (tests/e2e/emulator/schema.py), 422 as the API server answers;
 - garbage collection of dependents (ownerReferences) when their owner goes;
 - injected faults (status codes or delays) for the reliability tests.
 
@@ -22,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import itertools
+import re
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -34,10 +40,15 @@ import attrs
 import jsonpatch
 import kmock
 import yaml
-from kmock._internal import enums, rendering
+from kmock._internal import enums, references, rendering
 from kmock._internal.k8s import KubernetesError, KubernetesObjectNotFoundError
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.e2e.emulator import openapi, printing
+from tests.e2e.emulator.schema import CrdSchema, InvalidObjectError, UnknownFieldsError
+
+re_openapi = re.compile(r"/openapi/v3/.+")
+_TRUE = {"1", "t", "T", "true", "TRUE", "True"}  # Go's strconv.ParseBool
+ROOT = Path(__file__).resolve().parents[3]
 OPERATOR_TOKEN = "operator-token"  # the operator's kubeconfig; RBAC applies to it
 
 
@@ -67,6 +78,21 @@ def merge_diff(old: Any, new: Any) -> Any:
         elif old[key] != value:
             patch[key] = merge_diff(old[key], value)
     return patch
+
+
+def matches_fields(obj: dict[str, Any], selector: str) -> bool:
+    """Field selectors: `a.b=c`, `a.b==c`, `a.b!=c`, comma-separated (the API server supports
+    a few paths per kind; any dotted path is accepted here)."""
+    for term in filter(None, (t.strip() for t in selector.split(","))):
+        negate = "!=" in term
+        path, value = term.replace("!=", "=").replace("==", "=").split("=", 1)
+        actual = printing.dig(obj, path.strip())
+        if (str(actual) if actual is not None else "") == value.strip():
+            if negate:
+                return False
+        elif not negate:
+            return False
+    return True
 
 
 def matches_selector(labels: dict[str, str], selector: str) -> bool:
@@ -100,8 +126,30 @@ _VERBS = {
 @attrs.define(kw_only=True)
 class ClusterEmulator(kmock.KubernetesEmulator):
     faults: list[Fault] = attrs.field(factory=list)
-    authorizer: Any = None  # tests.e2e.rbac.Authorizer, when RBAC is enforced
+    authorizer: Any = None  # tests.e2e.emulator.rbac.Authorizer, when RBAC is enforced
     _versions: Any = attrs.field(factory=lambda: itertools.count(1000), init=False)
+    _schemas: dict[str, CrdSchema] = attrs.field(factory=dict, init=False)
+    _columns: dict[str, list[dict[str, Any]]] = attrs.field(factory=dict, init=False)
+    _openapi: dict[str, dict[str, Any]] = attrs.field(factory=dict, init=False)
+    # fields a real API server would silently drop from what the operator wrote
+    pruned: list[str] = attrs.field(factory=list, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        self.fallback["get /openapi/v3"] << (lambda _: openapi.index(self._openapi))
+        self.fallback["get", re_openapi] << self._serve_openapi
+        # kmock streams as application/octet-stream; client-go's watch decoder needs JSON
+        (
+            (self.fallback**1)[enums.action.WATCH]
+            << kmock.headers({"Content-Type": "application/json"})
+            << self._serve_watch
+        )
+
+    def _serve_openapi(self, request: rendering.Request) -> Any:
+        path = str(request.url.path).removeprefix("/openapi/v3/")
+        if path not in self._openapi:
+            raise KubernetesError(status=404, reason="NotFound", message=f"no OpenAPI for {path}")
+        return self._openapi[path]
 
     def register_crd(self, path: Path) -> None:
         crd = yaml.safe_load(path.read_text())
@@ -114,12 +162,47 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                 namespaced=spec["scope"] == "Namespaced",
                 verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
                 shortnames=set(spec["names"].get("shortNames", [])),
+                categories=set(spec["names"].get("categories", [])),
                 subresources=set(version.get("subresources", {})),
             )
+            self._schemas[key] = CrdSchema.from_crd(crd, version["name"])
+            self._columns[key] = version.get("additionalPrinterColumns", [])
+            self._openapi[f"apis/{spec['group']}/{version['name']}"] = openapi.document(
+                crd, version["name"]
+            )
+
+    @staticmethod
+    def _key(resource: references.resource) -> str:
+        return f"{resource.group}/{resource.version}/{resource.plural}"
+
+    def _admit(self, request: rendering.Request, obj: dict[str, Any]) -> dict[str, Any]:
+        """A custom object as its CRD lets it be stored (422 otherwise)."""
+        assert request.resource is not None
+        schema = self._schemas.get(self._key(request.resource))
+        if schema is None:
+            return obj
+        try:
+            stored, dropped = schema.admit(
+                obj, strict=request.params.get("fieldValidation") == "Strict"
+            )
+        except UnknownFieldsError as exc:
+            raise KubernetesError(status=400, reason="BadRequest", message=str(exc)) from exc
+        except InvalidObjectError as exc:
+            raise KubernetesError(
+                status=422, reason="Invalid", message=str(exc), details=exc.details()
+            ) from exc
+        if dropped and self._token(request) == OPERATOR_TOKEN:
+            where = f"{request.method.name} {request.url.path}"
+            self.pruned += [f"{where}: {field}" for field in dropped]
+        return stored
 
     # --- the request path ----------------------------------------------------------
 
     async def _handle(self, request: rendering.Request) -> Any:
+        if request.action == enums.action.LIST and request.params.get("watch") in _TRUE:
+            # the API server parses booleans as Go does; kmock knows only "true" (and the
+            # official Python client sends "True")
+            request = self._replace(request, request.data, action=enums.action.WATCH)
         for fault in self.faults:
             if fault.times > 0 and fault.matches(request):
                 fault.times -= 1
@@ -149,11 +232,10 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         return response
 
     def _authorize(self, request: rendering.Request) -> None:
-        """RBAC (tests/e2e/rbac.py) for requests carrying a known token; 403 if refused."""
+        """RBAC (tests/e2e/emulator/rbac.py) for requests carrying a known token; 403 if refused."""
         if self.authorizer is None or request.resource is None or not request.resource.plural:
             return  # discovery (/api/v1, /apis/batch/v1): system:discovery allows it to all
-        token = (request.headers.get("Authorization") or "").removeprefix("Bearer ").strip()
-        user = self.authorizer.tokens.get(token)
+        user = self.authorizer.tokens.get(self._token(request))
         if user is None:
             return  # the tests' own client: an administrator
         resource = request.resource.plural + (
@@ -174,6 +256,10 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             if refusal is not None:
                 raise KubernetesError(status=403, reason="Forbidden", message=refusal)
 
+    @staticmethod
+    def _token(request: rendering.Request) -> str:
+        return (request.headers.get("Authorization") or "").removeprefix("Bearer ").strip()
+
     def _plural(self, group: str, kind: Any) -> str:
         for key, info in self.resources.items():
             if info.kind == kind and (key.group or "") == group:
@@ -191,7 +277,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         meta["resourceVersion"] = str(next(self._versions))
         meta["generation"] = 1
         meta["creationTimestamp"] = _now()
-        return self._replace(request, data)
+        return self._replace(request, self._admit(request, data))
 
     def _prepare_update(self, request: rendering.Request) -> rendering.Request:
         assert request.resource is not None
@@ -205,7 +291,9 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                 data = merge_diff(current, jsonpatch.apply_patch(current, data))
             except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
                 # a failed "test" op (kopf tests resourceVersion) is 422, as the API server says
-                raise KubernetesError(status=422, reason="Invalid", message=str(exc)) from exc
+                raise KubernetesError(
+                    status=422, reason="Invalid", message=str(exc), details=exc.details()
+                ) from exc
         data = copy.deepcopy(data or {})
         meta = data.setdefault("metadata", {})
         expected = meta.pop("resourceVersion", None)
@@ -219,6 +307,8 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                 data = {"metadata": meta, "status": data.get("status")}
             else:
                 data.pop("status", None)
+        data = merge_diff(current, self._admit(request, _merge(current, data)))
+        meta = data.setdefault("metadata", {})
         if "spec" in data and request.subresource != "status":
             merged = _merge(current.get("spec"), data["spec"])
             if merged != current.get("spec"):
@@ -226,33 +316,102 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         meta["resourceVersion"] = str(next(self._versions))
         return self._replace(request, data)
 
-    def _replace(self, request: rendering.Request, data: Any) -> rendering.Request:
+    def _replace(self, request: rendering.Request, data: Any, **other: Any) -> rendering.Request:
         """A copy of the (frozen) request with other data, standing in its place: kmock
         matches reactions by the identity of requests in its own list."""
-        changed = attrs.evolve(request, data=data)
+        changed = attrs.evolve(request, data=data, **other)
         for index, seen in enumerate(self._requests):
             if seen is request:
                 self._requests[index] = changed
         return changed
 
+    def _selected(self, request: rendering.Request, obj: dict[str, Any]) -> bool:
+        labels, fields = request.params.get("labelSelector"), request.params.get("fieldSelector")
+        return (not labels or matches_selector(_labels(obj), labels)) and (
+            not fields or matches_fields(obj, fields)
+        )
+
+    def _printed(self, request: rendering.Request, objects: list[dict[str, Any]]) -> Any:
+        """A Table when the client asks for one (kubectl get), else None."""
+        if request.resource is None or not printing.wants_table(request.headers.get("Accept", "")):
+            return None
+        columns = self._columns.get(self._key(request.resource))
+        return printing.table(objects, columns, str(next(self._versions)))
+
     async def _serve_list(self, request: rendering.Request) -> Any:
         result = await super()._serve_list(request)
-        selector = request.params.get("labelSelector")
-        if selector:
-            result["items"] = [o for o in result["items"] if matches_selector(_labels(o), selector)]
-        result["metadata"]["resourceVersion"] = str(next(self._versions))
-        return result
+        result["items"] = [o for o in result["items"] if self._selected(request, o)]
+        assert request.resource is not None
+        info = self.resources.get(request.resource, None)
+        group_version = "/".join(filter(None, [request.resource.group, request.resource.version]))
+        printed = self._printed(request, result["items"])
+        if printed is not None:
+            return printed
+        return {
+            "kind": f"{info.kind}List" if info is not None and info.kind else "List",
+            "apiVersion": group_version,
+            "metadata": {"resourceVersion": str(next(self._versions))},
+            "items": result["items"],
+        }
+
+    async def _serve_fetch(self, request: rendering.Request) -> Any:
+        result = await super()._serve_fetch(request)
+        printed = self._printed(request, [result])
+        return printed if printed is not None else result
 
     async def _serve_watch(self, request: rendering.Request) -> AsyncIterator[Any]:
-        selector = request.params.get("labelSelector")
-        async for event in super()._serve_watch(request):
+        """kmock's watch (the objects as ADDED, then every change), selected, and ended by
+        the bookmark a streaming list (`sendInitialEvents=true`, kubectl's WatchList client)
+        waits for after the initial events."""
+        assert request.resource is not None
+        yield b""  # the headers go out now, even if nothing happens
+        async with self._lock:
+            initial = [
+                obj.raw
+                for (resource, namespace, name), obj in self.objects.items()
+                if resource == request.resource
+                and not obj.deleted
+                and request.namespace in (None, namespace)
+                and request.name in (None, name)
+            ]
+        for raw in initial:
+            if self._selected(request, raw):
+                yield {"type": "ADDED", "object": raw}
+        if request.params.get("sendInitialEvents") == "true":
+            info = self.resources.get(request.resource, None)
+            group_version = "/".join(
+                filter(None, [request.resource.group, request.resource.version])
+            )
+            yield {
+                "type": "BOOKMARK",
+                "object": {
+                    "kind": info.kind if info is not None else "",
+                    "apiVersion": group_version,
+                    "metadata": {
+                        "resourceVersion": str(next(self._versions)),
+                        "annotations": {"k8s.io/initial-events-end": "true"},
+                    },
+                },
+            }
+        async for event in self._buses[request.resource]:
+            raw = event.get("object") or {}
+            meta = raw.get("metadata") or {}
             if (
-                selector
-                and isinstance(event, dict)
-                and not matches_selector(_labels(event.get("object") or {}), selector)
+                request.namespace in (None, meta.get("namespace"))
+                and request.name in (None, meta.get("name"))
+                and self._selected(request, raw)
             ):
-                continue
-            yield event
+                yield event
+
+    async def _serve_version(self, request: rendering.Request) -> Any:
+        """Discovery as the API server answers it: subresources carry no short names or
+        categories, and only the verbs they serve."""
+        result = await super()._serve_version(request)
+        for entry in result["resources"]:
+            if "/" in entry["name"]:
+                entry.update(shortNames=[], categories=[], verbs=["get", "patch", "update"])
+            entry["verbs"] = sorted(entry["verbs"])
+        return result
 
     async def _collect_garbage(self) -> None:
         """Delete every object whose owner is gone, until nothing changes."""
@@ -346,14 +505,15 @@ class RunningCluster:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def kubeconfig(self, path: Path) -> Path:
+    def kubeconfig(self, path: Path, token: str = OPERATOR_TOKEN) -> Path:
+        """A kubeconfig for this server; RBAC applies to the operator's token only."""
         path.write_text(
             yaml.safe_dump(
                 {
                     "apiVersion": "v1",
                     "kind": "Config",
                     "clusters": [{"name": "emulator", "cluster": {"server": self.url}}],
-                    "users": [{"name": "operator", "user": {"token": OPERATOR_TOKEN}}],
+                    "users": [{"name": "operator", "user": {"token": token}}],
                     "contexts": [
                         {
                             "name": "emulator",
