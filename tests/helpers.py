@@ -18,6 +18,7 @@ from stagingmerge_merger.keysets import row_fingerprints
 from stagingmerge_merger.sample import ct_table
 
 CLI = str(Path(sys.executable).with_name("stagingmerge-merge"))
+CLUSTER_CLI = str(Path(sys.executable).with_name("stagingmerge-cluster"))
 KEYS = ["source_url", "cert_index"]
 
 
@@ -42,9 +43,11 @@ def read(table: DeltaTable, columns: Sequence[str] | None = None) -> pa.Table:
     return pa.table(table.scan(columns=schema.names)).select(schema.names).cast(schema)
 
 
-def rows(path: Path | str, version: int | None = None) -> pa.Table:
+def rows(
+    path: Path | str, version: int | None = None, options: dict[str, str] | None = None
+) -> pa.Table:
     """Every row of a table, sorted by key, for exact comparisons."""
-    table = read(DeltaTable(str(path), version=version))
+    table = read(DeltaTable(str(path), version=version, storage_options=options))
     if "seen_date" in table.column_names:
         table = table.select(sorted(table.column_names))
     keys = [k for k in KEYS if k in table.column_names] or table.column_names[:1]
@@ -103,10 +106,12 @@ def run_cli_after_first_batch(
     return CliResult(proc.returncode, out, "".join(seen) + err, metrics)
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> CliResult:
-    """Run the real `stagingmerge-merge` as a process with JSON logs."""
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120, command: str = CLI
+) -> CliResult:
+    """Run the real `stagingmerge-merge` (or `command`) as a process with JSON logs."""
     proc = subprocess.run(
-        [CLI, "--log-format", "json", *args],
+        [command, "--log-format", "json", *args],
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -17,10 +17,10 @@ import signal
 import sys
 import threading
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import NoReturn
+from typing import NoReturn, Protocol
 
 from . import allocator
 
@@ -38,7 +38,6 @@ from .metrics import (
     RUNNING,
     MergeMetrics,
     default_metrics_path,
-    write_metrics,
 )
 from .storage import (
     allowed_prefixes,
@@ -52,13 +51,13 @@ from .storage import (
 log = structlog.get_logger("stagingmerge.merge")
 
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise InvalidInputError(f"{self.prog}: {message} (see --help)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = Parser(
         prog="stagingmerge-merge",
         description="Insert into MAIN every STAGING row whose key MAIN lacks, exactly once, "
         "then delete STAGING.",
@@ -143,10 +142,7 @@ def request_from_args(args: argparse.Namespace) -> MergeRequest:
         batch_rows=plan.parse_batch_rows(args.batch_rows),
         keep_staging=args.keep_staging,
         dry_run=args.dry_run,
-        storage_options={
-            **options_from_environment(),
-            **parse_storage_options(args.storage_option),
-        },
+        storage_options=storage_options_from(args),
         partition_by=plan.parse_columns(args.partition_by, "--partition-by"),
         allowed_prefixes=tuple(allowed_prefixes()),
         first_by=plan.parse_columns(args.first_by, "--first-by"),
@@ -184,25 +180,40 @@ class StopFlag:
         return self._event.is_set()
 
 
-def run(argv: Sequence[str] | None = None) -> int:
-    """Parse, merge, report; return the exit code (never raises)."""
-    metrics = MergeMetrics()
+class Report(Protocol):
+    """What a command reports: MergeMetrics, cluster.ClusterMetrics."""
+
+    outcome: str
+    error: str | None
+
+    def to_json(self) -> str: ...
+
+
+# work(args, log format, stop flag, options): fills `options` (the storage options, so
+# that every error line is scrubbed of them) as soon as it knows them, then does the work
+Work = Callable[[argparse.Namespace, str, StopFlag, dict[str, str]], None]
+
+
+def run_command(
+    argv: Sequence[str] | None,
+    parser: argparse.ArgumentParser,
+    metrics: Report,
+    work: Work,
+    what: str,
+) -> int:
+    """Parse, do `work`, report the metrics JSON on stdout and in --metrics-file; return
+    the exit code (never raises). `work` raises MergeError subclasses for exit codes 1, 2."""
     metrics_path = default_metrics_path()
     options: dict[str, str] = {}
     configure(resolve_format("auto"))
     try:
-        args = build_parser().parse_args(argv)
+        args = parser.parse_args(argv)
         metrics_path = args.metrics_file or metrics_path
         fmt = resolve_format(args.log_format)
         configure(fmt)
         stop = StopFlag()
         stop.install()
-        request = request_from_args(args)
-        options = request.storage_options
-        progress: Progress = (
-            BarProgress() if fmt == "text" and sys.stderr.isatty() else LogProgress()
-        )
-        run_merge(request, metrics, progress=progress, should_stop=stop.is_set)
+        work(args, fmt, stop, options)
         code = EXIT_OK
     except MergeError as exc:
         code = exc.exit_code
@@ -220,24 +231,43 @@ def run(argv: Sequence[str] | None = None) -> int:
             error=metrics.error,
             traceback=scrub(traceback.format_exc(), options),
         )
-    _report(metrics, metrics_path)
+    _report(metrics, metrics_path, what)
     return code
 
 
-def _report(metrics: MergeMetrics, path: Path | None) -> None:
+def storage_options_from(args: argparse.Namespace) -> dict[str, str]:
+    return {**options_from_environment(), **parse_storage_options(args.storage_option)}
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """`stagingmerge-merge`: merge, report; return the exit code (never raises)."""
+    metrics = MergeMetrics()
+
+    def merge(args: argparse.Namespace, fmt: str, stop: StopFlag, options: dict[str, str]) -> None:
+        request = request_from_args(args)
+        options.update(request.storage_options)
+        progress: Progress = (
+            BarProgress() if fmt == "text" and sys.stderr.isatty() else LogProgress()
+        )
+        run_merge(request, metrics, progress=progress, should_stop=stop.is_set)
+
+    return run_command(argv, build_parser(), metrics, merge, "merge finished")
+
+
+def _report(metrics: Report, path: Path | None, what: str) -> None:
     line = metrics.to_json()
     fields = json.loads(line)
-    fields.pop("error")  # already logged, as the error line
-    log.info("merge finished", **fields)
+    fields.pop("error", None)  # already logged, as the error line
+    log.info(what, **fields)
     sys.stdout.write(line + "\n")
     if path is not None:
         try:
-            write_metrics(path, metrics)
+            path.write_text(line + "\n", encoding="utf-8")
         except OSError as exc:
             log.warning("could not write the metrics file", path=str(path), error=str(exc))
 
 
-def _leave(code: int) -> NoReturn:
+def leave(code: int) -> NoReturn:
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):
             stream.flush()
@@ -245,7 +275,7 @@ def _leave(code: int) -> NoReturn:
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
-    _leave(run(argv))
+    leave(run(argv))
 
 
 if __name__ == "__main__":

@@ -202,6 +202,10 @@ class Table:
     # --- what it is -----------------------------------------------------------------
 
     @property
+    def options(self) -> dict[str, str]:
+        return dict(self._options)
+
+    @property
     def version(self) -> int:
         return int(self._dt.version())
 
@@ -310,6 +314,74 @@ class Table:
                 commit_properties=CommitProperties(custom_metadata=dict(metadata)),
             )
         return self.version
+
+    def key_file_stats(self, keys: Sequence[str]) -> pa.Table:
+        """One row per data file: path, size_bytes and, where the log keeps them, the
+        min./max. statistics of each key column (under its logical name)."""
+        physical = _physical_names(json.loads(self._dt.schema().to_json()))
+        with translate_errors(self.location, self._options, "list the files of"):
+            actions = pa.table(self._dt.get_add_actions(flatten=True))
+        columns = {"path": actions.column("path"), "size_bytes": actions.column("size_bytes")}
+        for key in keys:
+            for side in ("min", "max"):
+                for name in (f"{side}.{key}", f"{side}.{physical.get(key, key)}"):
+                    if name in actions.column_names:
+                        columns[f"{side}.{key}"] = actions.column(name)
+                        break
+        return pa.table(columns)
+
+    def physical_name(self, column: str) -> str:
+        return _physical_names(json.loads(self._dt.schema().to_json())).get(column, column)
+
+    # --- clustering (cluster.py) -----------------------------------------------------
+
+    def files_by_partition(self) -> dict[tuple[Any, ...], tuple[int, int]]:
+        """(files, rows) of each partition, keyed by its values in partition-column order
+        (one entry, keyed `()`, for an unpartitioned table)."""
+        with translate_errors(self.location, self._options, "list the files of"):
+            actions = pa.table(self._dt.get_add_actions(flatten=True))
+        columns = [f"partition.{c}" for c in self.partition_columns()]
+        keys = (
+            zip(*(actions.column(c).to_pylist() for c in columns), strict=True)
+            if columns
+            else (() for _ in range(actions.num_rows))
+        )
+        records = actions.column("num_records").to_pylist()
+        found: dict[tuple[Any, ...], tuple[int, int]] = {}
+        for key, rows in zip(keys, records, strict=True):
+            files, total = found.get(tuple(key), (0, 0))
+            found[tuple(key)] = (files + 1, total + int(rows or 0))
+        return found
+
+    def commit_infos(self) -> list[dict[str, Any]]:
+        """commitInfo of every commit the log still holds, newest first."""
+        with translate_errors(self.location, self._options, "read the history of"):
+            return [dict(info) for info in self._dt.history()]
+
+    def z_order(
+        self,
+        columns: Sequence[str],
+        partition: Mapping[str, str],
+        metadata: Mapping[str, str],
+        target_size: int | None,
+        max_spill_size: int,
+    ) -> dict[str, Any]:
+        """Rewrite one partition's files z-ordered by `columns`, in one commit that removes
+        only the files it read (a concurrent append is kept; a conflicting rewrite fails
+        with CommitConflictError). Returns delta-rs's optimize metrics."""
+        with translate_errors(self.location, self._options, "cluster"):
+            self._dt.update_incremental()
+            return dict(
+                self._dt.optimize.z_order(
+                    list(columns),
+                    partition_filters=[(k, "=", v) for k, v in partition.items()] or None,
+                    target_size=target_size,
+                    max_spill_size=max_spill_size,
+                    commit_properties=CommitProperties(
+                        custom_metadata=dict(metadata), max_commit_retries=3
+                    ),
+                )
+            )
 
 
 _PROTOCOL_HINTS = (

@@ -33,6 +33,7 @@ import structlog
 from . import __version__, checks, failpoints, keysets, keyspace, plan, selection
 from .delta import QUERY_TABLE, CommitConflictError, Table, TableNotFoundError, plain_schema
 from .errors import InvalidInputError, MergeError, MergeInterruptedError, StagingChangedError
+from .mainfiles import MainFiles, warn_threshold
 from .metrics import (
     DRY_RUN,
     INTERRUPTED,
@@ -138,6 +139,7 @@ class _Merge:
         self.options = request.storage_options
         self.deletes = not (request.keep_staging or request.dry_run)
         self.main: Table | None = None
+        self.files: MainFiles | None = None  # main's files, for the read accounting
 
     # --- the run ---------------------------------------------------------------------
 
@@ -283,6 +285,7 @@ class _Merge:
         self.progress.close()  # before the clean-up logs; run_merge closes it again, harmlessly
         if self.main is not None:
             self.metrics.main_version_after = self.main.version
+        self._warn_if_unclustered()
 
     def _stop_if_asked(self) -> None:
         if self.should_stop():
@@ -326,16 +329,15 @@ class _Merge:
         if keys is None:
             keys = staging.scan(names, where)
         distinct, repeated = keysets.distinct_and_repeated(keys, names)
-        predicate = plan.range_predicate(
-            names, planned.key_types, keysets.key_ranges(distinct, names)
-        )
+        ranges = keysets.key_ranges(distinct, names)
+        predicate = plan.range_predicate(names, planned.key_types, ranges)
         tally = selection.SpanTally(rows=keys.num_rows, distinct=distinct.num_rows)
         for attempt in range(1, MAX_COMMIT_ATTEMPTS + 1):
             if self.main is None and attempt > 1:
                 self.main = self._open_main()  # another writer may have created it
             base = self.main.latest_version() if self.main else 0
             present = (
-                self.main.scan(names, predicate).cast(planned.key_schema)
+                self._main_keys(ranges, planned.key_schema, predicate)
                 if self.main
                 else planned.key_schema.empty_table()
             )
@@ -456,6 +458,37 @@ class _Merge:
             version=self.main.version,
         )
 
+    def _main_keys(
+        self, ranges: list[plan.KeyRange], schema: pa.Schema, predicate: str | None
+    ) -> pa.Table:
+        """Main's keys within `ranges`, and what reading them cost (metrics)."""
+        assert self.main is not None
+        if self.files is None or self.files.table.version != self.main.version:
+            self.files = MainFiles.of(self.main, self.req.keys, known=self.files)
+        touched = self.files.touched(plan.predicate_boxes(self.req.keys, ranges))
+        self.metrics.main_key_scans += 1
+        self.metrics.main_files = len(self.files.files)
+        self.metrics.main_files_scanned += len(touched)
+        self.metrics.main_key_bytes_read += self.files.key_bytes(touched)
+        return self.main.scan(self.req.keys, predicate).cast(schema)
+
+    def _warn_if_unclustered(self) -> None:
+        m = self.metrics
+        if (
+            m.main_key_bytes_read >= warn_threshold()
+            and m.main_files > 1
+            and m.main_files_scanned > 0.5 * m.main_files * m.main_key_scans
+        ):
+            log.warning(
+                "main is not clustered by the key: this run read the key columns of"
+                f" {m.main_files_scanned} of main's files ({m.main_key_bytes_read} bytes);"
+                f" run `stagingmerge-cluster --main {self.req.main}` so merges read only"
+                " the files their key ranges touch",
+                main_key_bytes_read=m.main_key_bytes_read,
+                main_files_scanned=m.main_files_scanned,
+                main_files=m.main_files,
+            )
+
     def _repair(
         self, new: pa.Table, key_types: dict[str, str], key_schema: pa.Schema, committed: int
     ) -> int:
@@ -466,8 +499,8 @@ class _Merge:
         """
         assert self.main is not None
         names = self.req.keys
-        predicate = plan.range_predicate(names, key_types, keysets.key_ranges(new, names))
-        now = self.main.scan(names, predicate).cast(key_schema)
+        ranges = keysets.key_ranges(new, names)
+        now = self._main_keys(ranges, key_schema, plan.range_predicate(names, key_types, ranges))
         twice = keysets.repeated_keys(keysets.semi_join(now, new, names), names)
         log.info(
             "other writers committed during the batch; checked for duplicates",

@@ -62,6 +62,12 @@ class MergeMetrics:
     concurrent_commits: int = 0
     duplicates_repaired: int = 0
     commit_retries: int = 0
+    # main-side cost (mainfiles.py): scans of main's key columns, the files they could not
+    # skip (summed over scans), the key-column bytes of those files, main's file count
+    main_key_scans: int = 0
+    main_files_scanned: int = 0
+    main_key_bytes_read: int = 0
+    main_files: int = 0
     duration_seconds: float = 0.0
     dry_run: bool = False
     error: str | None = None
@@ -85,7 +91,3 @@ def default_metrics_path() -> Path | None:
         if TERMINATION_LOG.exists() and os.access(TERMINATION_LOG, os.W_OK)
         else None
     )
-
-
-def write_metrics(path: Path, metrics: MergeMetrics) -> None:
-    path.write_text(metrics.to_json() + "\n", encoding="utf-8")

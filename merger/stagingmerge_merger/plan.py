@@ -354,6 +354,24 @@ def range_predicate(
     return " AND ".join(parts)
 
 
+def predicate_boxes(
+    keys: Sequence[str], ranges: Sequence[KeyRange]
+) -> list[tuple[tuple[Any, ...], tuple[Any, ...]]]:
+    """The (lows, highs) per key column of each disjunct `range_predicate` writes for the
+    same ranges: what delta-rs prunes files with (mainfiles.py mirrors it)."""
+    if not ranges:
+        return []
+    if len(ranges) <= MAX_PREDICATE_GROUPS:
+        return [((*r.prefix, r.low), (*r.prefix, r.high)) for r in ranges]
+    columns = range(len(keys) - 1)
+    return [
+        (
+            (*(min(r.prefix[i] for r in ranges) for i in columns), min(r.low for r in ranges)),
+            (*(max(r.prefix[i] for r in ranges) for i in columns), max(r.high for r in ranges)),
+        )
+    ]
+
+
 def keys_in_predicate(
     keys: Sequence[str], types: Mapping[str, str], rows: Sequence[tuple[Any, ...]]
 ) -> str:

@@ -288,6 +288,15 @@ class Prefix:
                 raise _store_error(exc, self.location, self._options, "open") from exc
         return self._store
 
+    def read_range(self, relative: str, start: int, length: int) -> bytes:
+        """`length` bytes from `start` of the object at `relative` under this location."""
+        import obstore
+
+        try:
+            return bytes(obstore.get_range(self._open(), relative, start=start, length=length))
+        except Exception as exc:
+            raise _store_error(exc, self.location, self._options, "read") from exc
+
     def state(self) -> PrefixState:
         if self.location.is_local:
             path = Path(self.location.path)

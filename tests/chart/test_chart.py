@@ -188,6 +188,44 @@ def test_every_option_shows_up():
     assert merge_accounts[0]["metadata"]["annotations"]["eks.amazonaws.com/role-arn"]
 
 
+def test_cluster_cronjobs_one_per_table():
+    """maintenance.cluster: a CronJob per main table running stagingmerge-cluster with the
+    merge image, as the merge ServiceAccount; nothing unless enabled."""
+    assert not by_kind(render(), "CronJob")
+    jobs = {d["metadata"]["name"]: d for d in by_kind(render("-f", str(EVERYTHING)), "CronJob")}
+    assert sorted(jobs) == ["sm-stagingmerge-cluster-entries", "sm-stagingmerge-cluster-precerts"]
+    entries = jobs["sm-stagingmerge-cluster-entries"]["spec"]
+    assert (entries["schedule"], entries["timeZone"]) == ("30 2 * * *", "Etc/UTC")
+    assert entries["concurrencyPolicy"] == "Forbid"
+    pod = entries["jobTemplate"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["command"] == ["stagingmerge-cluster"]
+    assert container["image"] == "registry.example.com/stagingmerge/merge:0.1.0-rc1"
+    assert container["args"] == [
+        "--main=s3://ct-lake/main/entries",
+        "--by=source_url,cert_index",
+        "--skip-newest=2",
+        "--max-partitions=30",
+        "--max-spill-size=2G",
+        "--log-format=json",
+    ]
+    assert (
+        "--skip-newest=0"
+        in jobs["sm-stagingmerge-cluster-precerts"]["spec"]["jobTemplate"]["spec"]["template"][
+            "spec"
+        ]["containers"][0]["args"]
+    )
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert json.loads(env["STAGINGMERGE_STORAGE_OPTIONS"]) == {"AWS_REGION": "eu-west-1"}
+    assert container["envFrom"] == [{"secretRef": {"name": "ct-lake-s3"}}]
+    assert container["resources"]["limits"] == {"memory": "6Gi"}
+    assert pod["serviceAccountName"] == "ct-merge" and pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["runAsUser"] == 10001
+    assert pod["volumes"] == [{"name": "tmp", "emptyDir": {"sizeLimit": "50Gi"}}]
+    rules = entries["jobTemplate"]["spec"]["podFailurePolicy"]["rules"]
+    assert rules[0]["onExitCodes"]["values"] == [2] and rules[0]["action"] == "FailJob"
+
+
 def test_metrics_can_be_turned_off():
     docs = render("--set", "metrics.enabled=false")
     assert not by_kind(docs, "Service")
@@ -200,7 +238,14 @@ def test_metrics_can_be_turned_off():
 
 @pytest.mark.parametrize(
     "bad",
-    ["operator.logFormat=xml", "watchNamespaces[0]=Not_A_Name", "metrics.port=0", "unknownKey=1"],
+    [
+        "operator.logFormat=xml",
+        "watchNamespaces[0]=Not_A_Name",
+        "metrics.port=0",
+        "unknownKey=1",
+        "maintenance.cluster.tables[0].name=Not_A_Name",
+        "maintenance.cluster.tables[0].skipNewest=-1",
+    ],
 )
 def test_values_schema_rejects_bad_values(bad):
     result = helm("template", "sm", str(CHART), "--set", bad, check=False)
