@@ -30,7 +30,7 @@ from typing import Protocol
 import pyarrow as pa
 import structlog
 
-from . import __version__, checks, failpoints, keysets, keyspace, plan, selection
+from . import __version__, checks, failpoints, keysets, keyspace, mainfiles, plan, selection
 from .delta import QUERY_TABLE, CommitConflictError, Table, TableNotFoundError, plain_schema
 from .errors import InvalidInputError, MergeError, MergeInterruptedError, StagingChangedError
 from .mainfiles import MainFiles, warn_threshold
@@ -354,7 +354,7 @@ class _Merge:
             )
             try:
                 self._commit_pieces(
-                    selection.Pieces(rows, self.req.batch_rows), planned, base, tally
+                    selection.Pieces(rows, self.req.batch_rows), planned, base, tally, new
                 )
                 return tally.rows
             except CommitConflictError as exc:
@@ -371,17 +371,28 @@ class _Merge:
         )
 
     def _commit_pieces(
-        self, pieces: selection.Pieces, planned: _Plan, base: int, tally: selection.SpanTally
+        self,
+        pieces: selection.Pieces,
+        planned: _Plan,
+        base: int,
+        tally: selection.SpanTally,
+        new: pa.Table,
     ) -> None:
-        """One commit per piece. A commit whose version shows other writers' commits since
-        the span read main (`base`) gets its keys re-checked and repaired."""
+        """One commit per piece. Before each, catch up with other writers' commits since
+        main was last read (only the files they added, within the span's key ranges) and
+        leave out the keys they added; after each, a commit that shows other writers'
+        commits since that catch-up gets its keys re-checked and repaired."""
         names = self.req.keys
-        ours = 0  # our commits since base
+        boxes = plan.predicate_boxes(names, keysets.key_ranges(new, names))
+        seen = base  # main's version up to which the span's keys are checked
+        ours: set[int] = set()  # versions we committed
+        taken = planned.key_schema.empty_table()  # keys other writers added meanwhile
         held: BatchResult | None = None  # the span's last batch takes what is left
         while (piece := pieces.next_piece()) is not None:
             if held is not None:
                 self._record(held)
             self._stop_if_asked()
+            failpoints.hit("batch-start")
             started = time.monotonic()
             written: list[pa.Table] = []
             metadata = {
@@ -390,27 +401,64 @@ class _Merge:
                 "stagingmerge.batch": str(self.metrics.batches + 1),
                 "stagingmerge.version": __version__,
             }
-            before = self.main.version if self.main else 0
+            others = 0
+            if self.main is not None and self.main.latest_version() > seen:
+                others = self.main.version - seen - len([v for v in ours if v > seen])
+                taken = self._catch_up(taken, planned, new, boxes)
+                seen = self.main.version
+            rows = selection.without_keys(piece, taken, names) if taken.num_rows else piece
             committed = self._commit(
-                _then_failpoint(selection.keeping_keys(piece, names, written)), planned, metadata
+                _then_failpoint(selection.keeping_keys(rows, names, written)), planned, metadata
             )
-            ours += 1
+            ours.add(committed)
             failpoints.hit("batch-after-commit")
             inserted = pa.concat_tables(written) if written else planned.key_schema.empty_table()
-            repaired = (
-                self._repair(inserted, planned.key_types, planned.key_schema, committed)
-                if committed - base - ours > 0
-                else 0
-            )
+            late = committed - seen - 1  # other writers' commits after the catch-up
+            repaired = 0
+            if late > 0:
+                repaired = self._repair(inserted, planned.key_types, planned.key_schema, committed)
+            elif self.main is not None:  # nobody else committed: main is known up to ours
+                seen = committed
+                self.files = MainFiles.of(self.main, self.req.keys, known=self.files)
             held = replace(
                 tally.piece(inserted.num_rows),
                 version=committed,
-                concurrent_commits=committed - before - 1,
+                concurrent_commits=others + max(0, late),
                 repaired=repaired,
                 seconds=time.monotonic() - started,
             )
         assert held is not None  # a span with new keys has rows to insert
         self._record(tally.last(held))
+
+    def _catch_up(
+        self, taken: pa.Table, planned: _Plan, new: pa.Table, boxes: list[mainfiles.Box]
+    ) -> pa.Table:
+        """`taken` plus the keys of `new` (the span's keys to insert) that the files added
+        since main was last read hold. main is at its latest version."""
+        assert self.main is not None and self.files is not None
+        earlier = self.files
+        self.files = MainFiles.of(self.main, self.req.keys, known=earlier)
+        touched = {f.path for f in self.files.touched(boxes)}
+        added = [f for f in self.files.added_since(earlier) if f.path in touched]
+        found = self.files.keys_of(added, planned.key_schema)
+        if found is None:  # not readable from the files: the span's ranges through delta-rs
+            ranges = [plan.KeyRange(tuple(low[:-1]), low[-1], high[-1]) for low, high in boxes]
+            predicate = plan.range_predicate(self.req.keys, planned.key_types, ranges)
+            found = self._main_keys(ranges, planned.key_schema, predicate)
+        self.metrics.main_files_caught_up += len(added)
+        caught = keysets.semi_join(new, found, self.req.keys) if found.num_rows else found
+        merged = keysets.distinct_and_repeated(
+            pa.concat_tables([taken, caught.select(taken.column_names).cast(taken.schema)]),
+            self.req.keys,
+        )[0]
+        log.info(
+            "caught up with other writers' commits",
+            main=str(self.req.main),
+            version=self.main.version,
+            files=len(added),
+            keys_taken=merged.num_rows - taken.num_rows,
+        )
+        return merged
 
     def _count_without_commits(self, tally: selection.SpanTally, new: int) -> None:
         """A dry run, or a span with nothing new: the batches a real run would make."""
@@ -465,11 +513,12 @@ class _Merge:
         assert self.main is not None
         if self.files is None or self.files.table.version != self.main.version:
             self.files = MainFiles.of(self.main, self.req.keys, known=self.files)
-        touched = self.files.touched(plan.predicate_boxes(self.req.keys, ranges))
+        boxes = plan.predicate_boxes(self.req.keys, ranges)
+        touched = self.files.touched(boxes)
         self.metrics.main_key_scans += 1
         self.metrics.main_files = len(self.files.files)
         self.metrics.main_files_scanned += len(touched)
-        self.metrics.main_key_bytes_read += self.files.key_bytes(touched)
+        self.metrics.main_key_bytes_read += self.files.key_bytes(touched, boxes)
         return self.main.scan(self.req.keys, predicate).cast(schema)
 
     def _warn_if_unclustered(self) -> None:

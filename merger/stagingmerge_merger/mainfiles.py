@@ -2,11 +2,12 @@
 their key-column bytes.
 
 delta-rs skips a file when its log statistics (min/max per column) exclude every key
-range of the predicate; this module applies the same rule to the same statistics, so
-`touched(ranges)` is the set of files a span's main-key scan reads. Their key bytes come
-from the Parquet footers (the compressed size of the key columns' chunks), read once per
-file per run; beyond FOOTER_SAMPLE files the bytes are extrapolated from a fixed sample
-of footers (bytes per file size), so the accounting stays cheap on a 10^4-file main.
+range of the predicate, and its Parquet reader then skips the row groups whose footer
+statistics do; this module applies the same two rules to the same statistics, so
+`touched(boxes)` is the set of files a span's main-key scan opens and `key_bytes` the
+compressed key-column bytes of the row groups it reads. Footers are read once per file
+per run; beyond FOOTER_SAMPLE files the bytes are extrapolated from a fixed sample of
+footers (bytes read per byte of file), so the accounting stays cheap on a 10^4-file main.
 
 The merge reports the totals (`main_files_scanned`, `main_key_bytes_read`) and warns,
 naming `stagingmerge-cluster`, when main's layout makes it read most of main's keys.
@@ -55,7 +56,7 @@ class MainFiles:
     table: Table
     keys: tuple[str, ...]
     files: list[FileStat] = field(default_factory=list)
-    _bytes: dict[str, int] = field(default_factory=dict)  # footer results, by path
+    _footers: dict[str, pq.FileMetaData | None] = field(default_factory=dict)  # by path
 
     @classmethod
     def of(cls, table: Table, keys: Sequence[str], known: MainFiles | None = None) -> MainFiles:
@@ -75,34 +76,93 @@ class MainFiles:
                     tuple(highs) if complete else None,
                 )
             )
-        return cls(table, tuple(keys), files, dict(known._bytes) if known else {})
+        return cls(table, tuple(keys), files, dict(known._footers) if known else {})
 
     def touched(self, boxes: Sequence[Box]) -> list[FileStat]:
         """The files whose statistics rule out none of the boxes (plan.predicate_boxes)."""
         return [f for f in self.files if any(_may_hold(f, box) for box in boxes)]
 
-    def key_bytes(self, files: Sequence[FileStat]) -> int:
+    def key_bytes(self, files: Sequence[FileStat], boxes: Sequence[Box]) -> int:
         if len(files) <= FOOTER_SAMPLE:
-            return sum(self._footer_bytes(f) for f in files)
+            return sum(self._read_bytes(f, boxes) for f in files)
         step = len(files) / FOOTER_SAMPLE
         sample = [files[int(i * step)] for i in range(FOOTER_SAMPLE)]
-        per_byte = sum(self._footer_bytes(f) for f in sample) / max(1, sum(f.size for f in sample))
-        return int(per_byte * sum(f.size for f in files))
+        read = sum(self._read_bytes(f, boxes) for f in sample)
+        return int(read / max(1, sum(f.size for f in sample)) * sum(f.size for f in files))
 
-    def _footer_bytes(self, stat: FileStat) -> int:
-        """Best effort: a footer that cannot be read (an absolute path in the log, a store
-        hiccup) counts as the whole file, never fails the merge."""
-        if stat.path not in self._bytes:
+    def _read_bytes(self, stat: FileStat, boxes: Sequence[Box]) -> int:
+        """The key chunks of the row groups the boxes may hit. Best effort: a footer that
+        cannot be read (an absolute path in the log, a store hiccup) counts as the whole
+        file and never fails the merge."""
+        if stat.path not in self._footers:
             try:
-                self._bytes[stat.path] = _key_chunk_bytes(
-                    Prefix(self.table.location, self.table.options), stat, self._physical()
+                self._footers[stat.path] = _footer(
+                    Prefix(self.table.location, self.table.options), stat
                 )
             except (MergeError, OSError, ValueError, pa.ArrowException, struct.error):
-                self._bytes[stat.path] = stat.size
-        return self._bytes[stat.path]
+                self._footers[stat.path] = None
+        footer = self._footers[stat.path]
+        if footer is None:
+            return stat.size
+        physical = [self.table.physical_name(k) for k in self.keys]
+        return _row_group_bytes(footer, physical, boxes)
 
-    def _physical(self) -> set[str]:
-        return {self.table.physical_name(k) for k in self.keys}
+    def added_since(self, earlier: MainFiles) -> list[FileStat]:
+        """Files that are here and were not in `earlier` (other writers' commits since)."""
+        known = {f.path for f in earlier.files}
+        return [f for f in self.files if f.path not in known]
+
+    def keys_of(self, files: Sequence[FileStat], schema: pa.Schema) -> pa.Table | None:
+        """The key columns of a few new files, read from the files themselves (the catch-up
+        before a commit). Every row a file holds is returned, deleted or not: a superset,
+        which can only make the merge skip a key another writer deleted meanwhile (the
+        documented race). None when reading files would not be faithful: a key column
+        that is a partition column lives in the log, not in the files."""
+        if set(self.keys) & set(self.table.partition_columns()):
+            return None
+        physical = [self.table.physical_name(k) for k in self.keys]
+        prefix = Prefix(self.table.location, self.table.options)
+        tables = []
+        try:
+            for stat in files:
+                source = _RangeFile(prefix, unquote(stat.path), stat.size)
+                rows = pq.ParquetFile(source).read(columns=physical)
+                tables.append(rows.rename_columns(list(self.keys)).cast(schema))
+        except (pa.ArrowException, ValueError, KeyError):
+            return None  # let delta-rs read the ranges instead
+        return pa.concat_tables(tables) if tables else schema.empty_table()
+
+
+class _RangeFile(io.RawIOBase):
+    """A read-only, seekable file over one object, fetched by ranges (Parquet's footer,
+    then the key columns' chunks)."""
+
+    def __init__(self, prefix: Prefix, path: str, size: int) -> None:
+        super().__init__()
+        self._prefix, self._path, self._size, self._at = prefix, path, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._at
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._at, io.SEEK_END: self._size}[whence]
+        self._at = max(0, base + offset)
+        return self._at
+
+    def readinto(self, buffer: Any) -> int:
+        length = min(len(buffer), self._size - self._at)
+        if length <= 0:
+            return 0
+        data = self._prefix.read_range(self._path, self._at, length)
+        buffer[: len(data)] = data
+        self._at += len(data)
+        return len(data)
 
 
 def _may_hold(stat: FileStat, box: Box) -> bool:
@@ -117,20 +177,39 @@ def _may_hold(stat: FileStat, box: Box) -> bool:
     )
 
 
-def _key_chunk_bytes(prefix: Prefix, stat: FileStat, physical: set[str]) -> int:
-    """The compressed bytes of the key columns' chunks in one Parquet file (its footer)."""
+def _footer(prefix: Prefix, stat: FileStat) -> pq.FileMetaData:
+    """One Parquet file's footer, read from its tail."""
     path = unquote(stat.path)  # the log holds a relative URI
     length = min(stat.size, TAIL_BYTES)
     tail = prefix.read_range(path, stat.size - length, length)
     footer = struct.unpack("<I", tail[-8:-4])[0] + 8
     if footer > len(tail):
         tail = prefix.read_range(path, stat.size - footer, footer)
-    metadata = pq.read_metadata(io.BytesIO(tail))
+    return pq.read_metadata(io.BytesIO(tail))
+
+
+def _row_group_bytes(footer: pq.FileMetaData, physical: Sequence[str], boxes: Sequence[Box]) -> int:
     total = 0
-    for group in range(metadata.num_row_groups):
-        row_group = metadata.row_group(group)
+    for group in range(footer.num_row_groups):
+        row_group = footer.row_group(group)
+        chunks = {}
         for column in range(row_group.num_columns):
             chunk = row_group.column(column)
-            if chunk.path_in_schema.split(".")[0] in physical:
-                total += int(chunk.total_compressed_size)
+            if chunk.path_in_schema in physical:
+                chunks[chunk.path_in_schema] = chunk
+        lows, highs = [], []
+        for name in physical:
+            stats = chunks[name].statistics if name in chunks else None
+            if stats is None or not stats.has_min_max:
+                break
+            lows.append(stats.min)
+            highs.append(stats.max)
+        else:
+            group_stat = FileStat("", 0, tuple(lows), tuple(highs))
+            try:
+                if not any(_may_hold(group_stat, box) for box in boxes):
+                    continue  # the reader skips this row group
+            except TypeError:
+                pass  # statistics of a type that does not compare: it is read
+        total += sum(int(c.total_compressed_size) for c in chunks.values())
     return total

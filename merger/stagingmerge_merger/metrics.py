@@ -68,6 +68,7 @@ class MergeMetrics:
     main_files_scanned: int = 0
     main_key_bytes_read: int = 0
     main_files: int = 0
+    main_files_caught_up: int = 0  # other writers' new files read before our commits
     duration_seconds: float = 0.0
     dry_run: bool = False
     error: str | None = None

@@ -130,3 +130,15 @@ def keeping_keys(
     for batch in rows:
         into.append(pa.Table.from_batches([batch]).select(list(names)))
         yield batch
+
+
+def without_keys(
+    rows: Iterator[pa.RecordBatch], keys: pa.Table, names: Sequence[str]
+) -> Iterator[pa.RecordBatch]:
+    """The rows whose key is not in `keys` (distinct keys other writers added meanwhile)."""
+    for batch in rows:
+        table = pa.Table.from_batches([batch])
+        taken = keysets.positions_in(table, keys, names)
+        if len(taken):
+            table = table.take(keysets.other_positions(table.num_rows, taken))
+        yield from table.to_batches()

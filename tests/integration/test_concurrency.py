@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -11,7 +12,7 @@ from pathlib import Path
 from deltalake import DeltaTable
 
 from stagingmerge_merger.sample import LOGS
-from tests.helpers import ct, read, run_cli, write
+from tests.helpers import CLI, ct, read, run_cli, write
 
 WRITER = Path(__file__).with_name("live_writer.py")
 
@@ -88,3 +89,43 @@ def test_a_writer_inserting_the_same_keys_meanwhile_leaves_each_key_once(tmp_pat
     assert writer["commits"] > 0 and m["inserted"] < len(staged)
     # every staging row is accounted for, whoever inserted it
     assert m["inserted"] + m["skipped_existing"] + m["skipped_duplicates"] == m["staging_rows"]
+
+
+def test_keys_another_writer_added_before_our_commit_are_caught_up_from_its_files(tmp_path):
+    """The merge is held after reading main's keys, right before its first commit; another
+    writer appends some of staging's new keys meanwhile. The merge reads only the file that
+    commit added, leaves those keys out (theirs landed first) and needs no repair."""
+    main, staging, staged = build(tmp_path, files=4)  # main: indexes 0-9, staging: 0-39
+    theirs = ct([0, 1] * 5, [20 + i // 2 for i in range(10)], seed=77)  # staged, not in main
+    pause = tmp_path / "pause"
+    proc = subprocess.Popen(
+        [CLI, "--log-format", "json", "--main", str(main), "--staging", str(staging)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "STAGINGMERGE_PAUSE": f"batch-start:{pause}"},
+    )
+    deadline = time.monotonic() + 300
+    while not Path(f"{pause}.waiting").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "the merge never paused"
+        time.sleep(0.05)
+    write(main, theirs)
+    Path(f"{pause}.go").touch()
+    out, err = proc.communicate(timeout=300)
+
+    assert proc.returncode == 0, err
+    m = json.loads(out.strip().splitlines()[-1])
+    assert (m["main_files_caught_up"], m["duplicates_repaired"], m["concurrent_commits"]) == (
+        1,
+        0,
+        1,
+    )
+    assert (m["inserted"], m["skipped_existing"]) == (80 - 20 - 10, 20 + 10)
+    keys = keys_of(main)
+    url = {i: url for i, (_, url) in enumerate(LOGS)}
+    assert sorted(keys) == sorted({(url[log], index) for log, index in staged})
+    columns = ("source_url", "cert_index", "seen")
+    final = read(DeltaTable(str(main)), list(columns))
+    rows = zip(*(final[c].to_pylist() for c in columns), strict=True)
+    kept = {row for row in rows if 20 <= row[1] < 25}
+    assert kept == set(zip(*(theirs[c].to_pylist() for c in columns), strict=True))  # theirs
