@@ -287,7 +287,7 @@ def main() -> None:
     for main_rows in [int(x) for x in args.main_rows.split(",")]:
         unclustered = generate_main(main_rows)
         layouts = {"unclustered": (unclustered, None)}
-        if "clustered" in args.layouts:
+        if "clustered" in args.layouts.split(","):
             target, cluster_seconds = clustered_copy(unclustered)
             layouts["clustered"] = (target, cluster_seconds)
         for layout, (main, cluster_seconds) in layouts.items():

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -328,19 +329,25 @@ class _Merge:
         where = keyspace.span_predicate(names, planned.key_types, span)
         if keys is None:
             keys = staging.scan(names, where)
-        distinct, repeated = keysets.distinct_and_repeated(keys, names)
-        ranges = keysets.key_ranges(distinct, names)
+        ranges = keysets.key_ranges(keys, names)  # per prefix: the same with or without copies
         predicate = plan.range_predicate(names, planned.key_types, ranges)
-        tally = selection.SpanTally(rows=keys.num_rows, distinct=distinct.num_rows)
+        counted: tuple[pa.Table, pa.Table] | None = None
         for attempt in range(1, MAX_COMMIT_ATTEMPTS + 1):
             if self.main is None and attempt > 1:
                 self.main = self._open_main()  # another writer may have created it
             base = self.main.latest_version() if self.main else 0
-            present = (
-                self._main_keys(ranges, planned.key_schema, predicate)
-                if self.main
-                else planned.key_schema.empty_table()
-            )
+            with ThreadPoolExecutor(1, thread_name_prefix="main-keys") as pool:
+                # main's keys are read (delta-rs, off the GIL) while staging's are counted
+                reading = (
+                    pool.submit(self._main_keys, ranges, planned.key_schema, predicate)
+                    if self.main
+                    else None
+                )
+                counted = counted or keysets.distinct_and_repeated(keys, names)
+                present = reading.result() if reading else planned.key_schema.empty_table()
+            distinct, repeated = counted
+            if attempt == 1:  # one tally across attempts: a retry's "existing" are ours
+                tally = selection.SpanTally(rows=keys.num_rows, distinct=distinct.num_rows)
             new = keysets.anti_join(distinct, present, names)
             if new.num_rows == 0 or self.req.dry_run:
                 self._count_without_commits(tally, new.num_rows)

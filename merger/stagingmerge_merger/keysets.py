@@ -59,7 +59,7 @@ def distinct_and_repeated(keys: pa.Table, names: Sequence[str]) -> tuple[pa.Tabl
     """(every key once, the keys that occur more than once), key columns only."""
     counts = (
         keys.select(list(names))
-        .group_by(list(names), use_threads=False)
+        .group_by(list(names), use_threads=True)
         .aggregate([([], "count_all")])
     )
     repeated = counts.filter(pc.greater(counts["count_all"], 1)).select(list(names))
@@ -76,6 +76,22 @@ def positions_in(rows: pa.Table, keys: pa.Table, names: Sequence[str]) -> pa.Arr
     numbered = with_positions(rows.select(list(names)), 0)
     hits = keys.select(list(names)).join(numbered, keys=list(names), join_type="right semi")
     return _sorted(hits[POSITION])
+
+
+def within_last_range(keys: pa.Table, rows: pa.Table, names: Sequence[str]) -> pa.Table:
+    """The keys whose last column lies within the [min, max] of `rows`' last column: the
+    only ones `rows` can hold. For a staging read in key order (a backfill, one log in
+    index order) that is a small slice of a span's keys, so each record batch is probed
+    with a few keys instead of all of them (one vectorised comparison instead)."""
+    last = names[-1]
+    if rows.num_rows == 0 or keys.num_rows == 0:
+        return keys.slice(0, 0)
+    bounds = pc.min_max(rows[last])
+    low, high = bounds["min"], bounds["max"]
+    if not low.is_valid or not high.is_valid:
+        return keys
+    column = keys[last]
+    return keys.filter(pc.and_(pc.greater_equal(column, low), pc.less_equal(column, high)))
 
 
 def other_positions(count: int, positions: pa.Array) -> pa.Array:
@@ -130,14 +146,14 @@ def _json(value: Any) -> Any:
 
 
 def _distinct(table: pa.Table, names: Sequence[str]) -> pa.Table:
-    return table.select(list(names)).group_by(list(names), use_threads=False).aggregate([])
+    return table.select(list(names)).group_by(list(names), use_threads=True).aggregate([])
 
 
 def repeated_keys(keys: pa.Table, names: Sequence[str]) -> pa.Table:
     """Keys that occur more than once in `keys`."""
     counts = (
         keys.select(list(names))
-        .group_by(list(names), use_threads=False)
+        .group_by(list(names), use_threads=True)
         .aggregate([([], "count_all")])
     )
     return counts.filter(pc.greater(counts["count_all"], 1)).select(list(names))

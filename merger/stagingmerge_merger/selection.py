@@ -32,9 +32,12 @@ def rows_to_insert(
     emitted at the end."""
     held: list[pa.Table] = []
     for rows in _chunks(batches, FILTER_ROWS):
-        wanted = rows.take(keysets.positions_in(rows, new, names))
+        wanted = rows.take(
+            keysets.positions_in(rows, keysets.within_last_range(new, rows, names), names)
+        )
         if repeated.num_rows:
-            twice = keysets.positions_in(wanted, repeated, names)
+            near = keysets.within_last_range(repeated, wanted, names)
+            twice = keysets.positions_in(wanted, near, names)
             if len(twice):
                 held.append(wanted.take(twice))
                 wanted = wanted.take(keysets.other_positions(wanted.num_rows, twice))
