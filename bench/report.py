@@ -13,7 +13,7 @@ ORDER = ["stagingmerge", "append", "original"]
 
 
 def main() -> None:
-    records = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
+    records = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("main*.json"))]
     if not records:
         raise SystemExit("no results: run bench/run.py first")
     rows = []

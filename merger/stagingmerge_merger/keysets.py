@@ -82,7 +82,7 @@ def within_last_range(keys: pa.Table, rows: pa.Table, names: Sequence[str]) -> p
     """The keys whose last column lies within the [min, max] of `rows`' last column: the
     only ones `rows` can hold. For a staging read in key order (a backfill, one log in
     index order) that is a small slice of a span's keys, so each record batch is probed
-    with a few keys instead of all of them (one vectorised comparison instead)."""
+    with a few keys instead of all of them; without such locality, with all of them."""
     last = names[-1]
     if rows.num_rows == 0 or keys.num_rows == 0:
         return keys.slice(0, 0)
@@ -91,7 +91,10 @@ def within_last_range(keys: pa.Table, rows: pa.Table, names: Sequence[str]) -> p
     if not low.is_valid or not high.is_valid:
         return keys
     column = keys[last]
-    return keys.filter(pc.and_(pc.greater_equal(column, low), pc.less_equal(column, high)))
+    inside = pc.and_(pc.greater_equal(column, low), pc.less_equal(column, high))
+    if pc.sum(inside).as_py() * 4 > keys.num_rows:
+        return keys  # no locality (staging files mixing the key space): not worth a copy
+    return keys.filter(inside)
 
 
 def other_positions(count: int, positions: pa.Array) -> pa.Array:

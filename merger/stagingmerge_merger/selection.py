@@ -31,10 +31,11 @@ def rows_to_insert(
     copies are held back (at most the span's repeated rows) and one winner each is
     emitted at the end."""
     held: list[pa.Table] = []
+    narrowing = True  # until a chunk shows staging has no key locality
     for rows in _chunks(batches, FILTER_ROWS):
-        wanted = rows.take(
-            keysets.positions_in(rows, keysets.within_last_range(new, rows, names), names)
-        )
+        probe = keysets.within_last_range(new, rows, names) if narrowing else new
+        narrowing = narrowing and probe is not new
+        wanted = rows.take(keysets.positions_in(rows, probe, names))
         if repeated.num_rows:
             near = keysets.within_last_range(repeated, wanted, names)
             twice = keysets.positions_in(wanted, near, names)

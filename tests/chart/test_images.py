@@ -44,6 +44,13 @@ def test_entrypoint_is_the_console_script(dockerfile):
     assert f"stagingmerge[{extra}]" in install and "--no-index" in install
 
 
+def test_the_merge_image_ships_the_clustering_command():
+    """The chart's CronJob runs `stagingmerge-cluster` in the merge image, which installs
+    the merge package and so its console scripts."""
+    assert SCRIPTS["stagingmerge-cluster"].startswith("stagingmerge_merger.")
+    assert SCRIPTS["stagingmerge-merge"].startswith("stagingmerge_merger.")
+
+
 @pytest.mark.parametrize("dockerfile", IMAGES)
 def test_runs_as_a_non_root_user(dockerfile):
     steps = final_stage(instructions(ROOT / dockerfile))

@@ -54,6 +54,17 @@ def test_the_plain_install_merges(venv, tmp_path):
         1500,
         150,
     )
+    clustered = subprocess.run(
+        [str(venv / "bin" / "stagingmerge-cluster"), "--main", str(demo / "main")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert clustered.returncode == 0, clustered.stderr[-3000:]
+    assert json.loads(clustered.stdout.strip().splitlines()[-1])["outcome"] in (
+        "clustered",
+        "nothing_to_do",
+    )
 
 
 def test_the_operator_without_its_extra_says_what_to_install(venv):
