@@ -1,6 +1,6 @@
 """Print the scale benchmark's table (bench/results/scale.json) as Markdown for the README.
 
-    python bench/scale_report.py
+python bench/scale_report.py
 """
 
 from __future__ import annotations
@@ -46,9 +46,7 @@ def main() -> None:
         batches = merge["batch_seconds"]
         median = sorted(batches)[len(batches) // 2] if batches else None
         out = merge["output"]
-        bound = (
-            scan["seconds"] + 1.5 * append["seconds"] if scan and append else None
-        )
+        bound = scan["seconds"] + 1.5 * append["seconds"] if scan and append else None
         print(
             f"| {rows:,} | {layout} | {staging:,} | {merge['seconds']:.2f}"
             f" | {len(batches)} x {median:.2f} | {merge['peak_rss_mib']:,.0f}"
