@@ -98,6 +98,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="count what would be inserted; write and delete nothing",
     )
     p.add_argument(
+        "--partition-by",
+        default="",
+        metavar="COL[,COL...]",
+        help="partition columns when main has to be created (default: seen_date if staging has it)",
+    )
+    p.add_argument(
+        "--first-by",
+        default="",
+        metavar="COL[,COL...]",
+        help="when staging holds a key more than once, insert the copy with the smallest "
+        "values of these columns (e.g. seen); ties, and the default, go by row fingerprint",
+    )
+    add_common_options(p)
+    return p
+
+
+def add_common_options(p: argparse.ArgumentParser) -> None:
+    """The options every command of the package takes (merge, cluster)."""
+    p.add_argument(
         "--metrics-file",
         type=Path,
         metavar="PATH",
@@ -112,26 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
         "environment variables are read too",
     )
     p.add_argument(
-        "--partition-by",
-        default="",
-        metavar="COL[,COL...]",
-        help="partition columns when main has to be created (default: seen_date if staging has it)",
-    )
-    p.add_argument(
-        "--first-by",
-        default="",
-        metavar="COL[,COL...]",
-        help="when staging holds a key more than once, insert the copy with the smallest "
-        "values of these columns (e.g. seen); ties, and the default, go by row fingerprint",
-    )
-    p.add_argument(
         "--log-format",
         choices=("auto", "json", "text"),
         default="auto",
         help="auto: text on a terminal, JSON otherwise (default)",
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    return p
 
 
 def request_from_args(args: argparse.Namespace) -> MergeRequest:

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from pathlib import Path
 from typing import NoReturn
 
-from . import __version__, plan
-from .cli import Parser, StopFlag, leave, run_command, storage_options_from
+from . import plan
+from .cli import Parser, StopFlag, add_common_options, leave, run_command, storage_options_from
 from .cluster import DEFAULT_SPILL_BYTES, ClusterMetrics, ClusterRequest, run_cluster
 from .errors import InvalidInputError
 from .storage import parse_location
@@ -63,12 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="target file size (default: delta-rs's, or the table's delta.targetFileSize)",
     )
     p.add_argument("--dry-run", action="store_true", help="report what is due; write nothing")
-    p.add_argument("--metrics-file", type=Path, metavar="PATH", help="write the metrics JSON here")
-    p.add_argument(
-        "--storage-option", action="append", default=[], metavar="KEY=VALUE", help="repeatable"
-    )
-    p.add_argument("--log-format", choices=("auto", "json", "text"), default="auto")
-    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    add_common_options(p)
     return p
 
 

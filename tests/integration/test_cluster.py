@@ -259,15 +259,14 @@ def test_the_merge_reports_main_reads_and_points_at_clustering(tmp_path):
         ct([LOGS - 1] * 100, [LOG_SPAN * (LOGS - 1) + 10**9 + i for i in range(100)]),
         mode="append",
     )
-    unclustered = run_cli(
-        "--main",
-        main,
-        "--staging",
-        staging,
-        "--keep-staging",
-        "--dry-run",
-        env={"STAGINGMERGE_UNCLUSTERED_WARN_BYTES": "1"},
-    )
+
+    def dry_merge():
+        return run_cli(
+            *("--main", main, "--staging", staging, "--keep-staging", "--dry-run"),
+            env={"STAGINGMERGE_UNCLUSTERED_WARN_BYTES": "1"},  # any read counts, for the test
+        )
+
+    unclustered = dry_merge()
     m = unclustered.metrics
     chunks = key_chunk_bytes(main)
     assert unclustered.code == 0 and m["main_key_scans"] == 1
@@ -276,15 +275,7 @@ def test_the_merge_reports_main_reads_and_points_at_clustering(tmp_path):
     assert "stagingmerge-cluster --main" in unclustered.stderr
 
     assert cluster(main, "--skip-newest", "0", "--target-size", "16K").code == 0
-    clustered = run_cli(
-        "--main",
-        main,
-        "--staging",
-        staging,
-        "--keep-staging",
-        "--dry-run",
-        env={"STAGINGMERGE_UNCLUSTERED_WARN_BYTES": "1"},
-    )
+    clustered = dry_merge()
     c = clustered.metrics
     assert (c["skipped_existing"], c["inserted"]) == (m["skipped_existing"], m["inserted"])
     assert c["main_files"] > DAYS and c["main_files_scanned"] < c["main_files"] / 2
