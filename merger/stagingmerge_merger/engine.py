@@ -442,12 +442,14 @@ class _Merge:
     ) -> pa.Table:
         """`taken` plus the keys of `new` (the span's keys to insert) that the files added
         since main was last read hold. main is at its latest version."""
-        assert self.main is not None and self.files is not None
-        earlier = self.files
+        assert self.main is not None
+        earlier = self.files  # None: main was created during this span, nothing to diff
         self.files = MainFiles.of(self.main, self.req.keys, known=earlier)
         touched = {f.path for f in self.files.touched(boxes)}
-        added = [f for f in self.files.added_since(earlier) if f.path in touched]
-        found = self.files.keys_of(added, planned.key_schema)
+        added = [
+            f for f in (self.files.added_since(earlier) if earlier else []) if f.path in touched
+        ]
+        found = self.files.keys_of(added, planned.key_schema) if earlier else None
         if found is None:  # not readable from the files: the span's ranges through delta-rs
             ranges = [plan.KeyRange(tuple(low[:-1]), low[-1], high[-1]) for low, high in boxes]
             predicate = plan.range_predicate(self.req.keys, planned.key_types, ranges)
@@ -518,7 +520,7 @@ class _Merge:
     ) -> pa.Table:
         """Main's keys within `ranges`, and what reading them cost (metrics)."""
         assert self.main is not None
-        if self.files is None or self.files.table.version != self.main.version:
+        if self.files is None or self.files.version != self.main.version:
             self.files = MainFiles.of(self.main, self.req.keys, known=self.files)
         boxes = plan.predicate_boxes(self.req.keys, ranges)
         touched = self.files.touched(boxes)

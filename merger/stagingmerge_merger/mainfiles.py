@@ -55,6 +55,7 @@ class FileStat:
 class MainFiles:
     table: Table
     keys: tuple[str, ...]
+    version: int  # the table's version these files are of (the Table object moves on)
     files: list[FileStat] = field(default_factory=list)
     _footers: dict[str, pq.FileMetaData | None] = field(default_factory=dict)  # by path
 
@@ -76,7 +77,7 @@ class MainFiles:
                     tuple(highs) if complete else None,
                 )
             )
-        return cls(table, tuple(keys), files, dict(known._footers) if known else {})
+        return cls(table, tuple(keys), table.version, files, dict(known._footers) if known else {})
 
     def touched(self, boxes: Sequence[Box]) -> list[FileStat]:
         """The files whose statistics rule out none of the boxes (plan.predicate_boxes)."""
