@@ -81,6 +81,13 @@ class ClusterMetrics:
         return json.dumps(asdict(self), sort_keys=False)
 
 
+def value_text(value: Any) -> str:
+    """A partition value as delta-rs's partition filters (and our commit marks) spell it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
 @dataclass(frozen=True)
 class Partition:
     values: tuple[Any, ...]  # in partition-column order, as the log holds them
@@ -88,7 +95,7 @@ class Partition:
     rows: int
 
     def filters(self, columns: Sequence[str]) -> dict[str, str]:
-        return {c: str(v) for c, v in zip(columns, self.values, strict=True)}
+        return {c: value_text(v) for c, v in zip(columns, self.values, strict=True)}
 
     def label(self, columns: Sequence[str]) -> str:
         return ",".join(f"{c}={v}" for c, v in zip(columns, self.values, strict=True)) or "<all>"
@@ -145,7 +152,7 @@ def plan(
     for part in candidates:
         if any(v is None for v in part.values):
             nulls += 1  # delta-rs cannot address a NULL partition value in its filters
-        elif recorded.get(tuple(str(v) for v in part.values)) == part.files:
+        elif recorded.get(tuple(value_text(v) for v in part.values)) == part.files:
             already += 1
         else:
             due.append(part)

@@ -32,3 +32,20 @@ def test_an_unpartitioned_table_is_one_partition_never_skipped():
     decided = plan({(): (7, 70)}, {}, skip_newest=3, partitioned=False)
     assert [p.values for p in decided.due] == [()] and decided.newest_skipped == 0
     assert plan({(): (1, 70)}, {(): 1}, skip_newest=3, partitioned=False).due == []
+
+
+def test_partition_values_are_spelled_as_delta_rs_filters_read_them():
+    from datetime import date
+
+    from stagingmerge_merger.cluster import value_text
+
+    assert [value_text(v) for v in (True, False, 7, "a b", date(2026, 1, 2))] == [
+        "true",
+        "false",
+        "7",
+        "a b",
+        "2026-01-02",
+    ]
+    # a boolean partition's mark matches its own files again on the next run
+    decided = plan({(True,): (1, 5)}, {("true",): 1}, skip_newest=0, partitioned=True)
+    assert decided.already == 1 and decided.due == []
