@@ -91,25 +91,36 @@ def test_a_writer_inserting_the_same_keys_meanwhile_leaves_each_key_once(tmp_pat
     assert m["inserted"] + m["skipped_existing"] + m["skipped_duplicates"] == m["staging_rows"]
 
 
-def test_keys_another_writer_added_before_our_commit_are_caught_up_from_its_files(tmp_path):
+def test_keys_another_writer_added_before_our_commit_are_caught_up_from_its_files(store, tmp_path):
     """The merge is held after reading main's keys, right before its first commit; another
     writer appends some of staging's new keys meanwhile. The merge reads only the file that
-    commit added, leaves those keys out (theirs landed first) and needs no repair."""
-    main, staging, staged = build(tmp_path, files=4)  # main: indexes 0-9, staging: 0-39
+    commit added (by range reads, on every store), leaves those keys out (theirs landed
+    first) and needs no repair."""
+    store.write("main", ct([0, 1] * 10, [i // 2 for i in range(20)], seed=1))  # indexes 0-9
+    for part in range(4):  # staging: indexes 0-39 of logs 0 and 1
+        store.write("staging", ct([0, 1] * 10, [part * 10 + i // 2 for i in range(20)], seed=part))
     theirs = ct([0, 1] * 5, [20 + i // 2 for i in range(10)], seed=77)  # staged, not in main
     pause = tmp_path / "pause"
     proc = subprocess.Popen(
-        [CLI, "--log-format", "json", "--main", str(main), "--staging", str(staging)],
+        [
+            CLI,
+            "--log-format",
+            "json",
+            "--main",
+            store.uri("main"),
+            "--staging",
+            store.uri("staging"),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "STAGINGMERGE_PAUSE": f"batch-start:{pause}"},
+        env={**os.environ, **store.env, "STAGINGMERGE_PAUSE": f"batch-start:{pause}"},
     )
     deadline = time.monotonic() + 300
     while not Path(f"{pause}.waiting").exists():
         assert proc.poll() is None and time.monotonic() < deadline, "the merge never paused"
         time.sleep(0.05)
-    write(main, theirs)
+    store.write("main", theirs)
     Path(f"{pause}.go").touch()
     out, err = proc.communicate(timeout=300)
 
@@ -121,11 +132,10 @@ def test_keys_another_writer_added_before_our_commit_are_caught_up_from_its_file
         1,
     )
     assert (m["inserted"], m["skipped_existing"]) == (80 - 20 - 10, 20 + 10)
-    keys = keys_of(main)
     url = {i: url for i, (_, url) in enumerate(LOGS)}
-    assert sorted(keys) == sorted({(url[log], index) for log, index in staged})
+    assert store.keys("main") == sorted((url[log], i) for log in (0, 1) for i in range(40))
     columns = ("source_url", "cert_index", "seen")
-    final = read(DeltaTable(str(main)), list(columns))
+    final = read(store.table("main"), list(columns))
     rows = zip(*(final[c].to_pylist() for c in columns), strict=True)
     kept = {row for row in rows if 20 <= row[1] < 25}
     assert kept == set(zip(*(theirs[c].to_pylist() for c in columns), strict=True))  # theirs
