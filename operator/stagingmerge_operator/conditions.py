@@ -53,6 +53,7 @@ class JobState:
     failure_message: str | None
     start_time: str | None
     completion_time: str | None
+    success_target: bool = False  # SuccessCriteriaMet (or a pod succeeded), not yet Complete
 
 
 def job_state(job: Mapping[str, Any]) -> JobState:
@@ -82,6 +83,7 @@ def job_state(job: Mapping[str, Any]) -> JobState:
         failure_message=(reason or {}).get("message"),
         start_time=_rfc3339(status.get("startTime")),
         completion_time=_rfc3339(status.get("completionTime")),
+        success_target="SuccessCriteriaMet" in conditions or int(status.get("succeeded") or 0) > 0,
     )
 
 
@@ -135,8 +137,18 @@ def outcome_of(job: JobState, metrics: Mapping[str, Any] | None) -> Outcome:
             R_MERGING,
             f"Job {job.name} is failing ({job.failure_reason}); waiting for its pods to stop",
         )
+    if job.success_target:  # SuccessCriteriaMet: Complete follows once its pods are gone
+        return Outcome(
+            RUNNING, R_MERGING, f"Job {job.name} succeeded; waiting for its pods to stop"
+        )
     if job.active:
         return Outcome(RUNNING, R_MERGING, f"Job {job.name} is merging (attempt {job.attempts})")
+    if job.pods_running:  # only terminating pods: a run never goes back to Pending
+        return Outcome(RUNNING, R_MERGING, f"Job {job.name}: its pod is stopping")
+    if job.attempts > 0 and not job.suspended:
+        return Outcome(
+            RUNNING, R_MERGING, f"Job {job.name} retries (attempt {job.attempts} failed)"
+        )
     if job.suspended:
         return Outcome(PENDING, R_PENDING, f"Job {job.name} waits for admission (suspended)")
     return Outcome(PENDING, R_PENDING, f"Job {job.name} created; waiting for its pod")

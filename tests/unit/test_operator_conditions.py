@@ -195,3 +195,23 @@ def test_the_summary_counts_batches_in_good_english():
         "(1 batch, 0.1 s)"
     )
     assert "(2 batches" in c.summary({"batches": 2})
+
+
+def test_a_run_that_started_never_reads_as_pending_again():
+    """Between SuccessCriteriaMet and Complete, while a pod only terminates, or between a
+    failed attempt and the next, the run is Running, never "waiting for its pod" (which
+    once showed up as a Pending event after Merging)."""
+    cases = {
+        "criteria met, pods stopping": job(
+            succeeded=1, terminating=1, conditions=[cond("SuccessCriteriaMet", "True")]
+        ),
+        "criteria met, pods gone": job(
+            succeeded=1, conditions=[cond("SuccessCriteriaMet", "True")]
+        ),
+        "a pod terminating": job(terminating=1),
+        "between attempts": job(failed=1),
+    }
+    for name, body in cases.items():
+        outcome = c.outcome_of(c.job_state(body), None)
+        assert (outcome.phase, outcome.reason) == (c.RUNNING, c.R_MERGING), name
+    assert c.outcome_of(c.job_state(job()), None).phase == c.PENDING  # no pod yet
