@@ -57,7 +57,9 @@ class ClusterRequest:
 
 @dataclass
 class ClusterMetrics:
-    outcome: str = "running"  # clustered | nothing_to_do | dry_run | interrupted | failed | ...
+    # clustered | conflicted (every due partition met a concurrent rewrite: the next run
+    # retries them) | nothing_to_do | dry_run | interrupted | failed | invalid_input
+    outcome: str = "running"
     main: str = ""
     by: list[str] = field(default_factory=list)
     partitions: int = 0
@@ -199,7 +201,13 @@ def run_cluster(
                     " rerun to cluster the rest"
                 )
             _rewrite(table, request, columns, part, metrics, index, len(todo))
-        metrics.outcome = "clustered" if metrics.partitions_rewritten else "nothing_to_do"
+        metrics.outcome = (
+            "clustered"
+            if metrics.partitions_rewritten
+            else "conflicted"
+            if metrics.partitions_conflicted
+            else "nothing_to_do"
+        )
         return metrics
     finally:
         metrics.duration_seconds = round(time.monotonic() - started, 3)

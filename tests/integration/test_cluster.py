@@ -281,3 +281,38 @@ def test_the_merge_reports_main_reads_and_points_at_clustering(tmp_path):
     assert c["main_files"] > DAYS and c["main_files_scanned"] < c["main_files"] / 2
     assert c["main_key_bytes_read"] < m["main_key_bytes_read"] / 2
     assert "stagingmerge-cluster --main" not in clustered.stderr
+
+
+def test_a_partition_whose_rewrite_conflicts_is_left_for_the_next_run(tmp_path, monkeypatch):
+    """A conflicting commit cannot be timed from outside delta-rs, so the conflict is injected
+    (the only mock here): that partition is skipped and counted, the next run rewrites it."""
+    from stagingmerge_merger.cluster import ClusterMetrics, ClusterRequest, run_cluster
+    from stagingmerge_merger.delta import CommitConflictError, Table
+    from stagingmerge_merger.storage import parse_location
+
+    main = str(tmp_path / "main")
+    live_main(main, rows_per_file=16)
+    real, calls = Table.z_order, []
+
+    def first_conflicts(self, *args, **kwargs):
+        calls.append(args[1])
+        if len(calls) == 1:
+            raise CommitConflictError("injected: another rewrite of these files committed first")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Table, "z_order", first_conflicts)
+    request = ClusterRequest(main=parse_location(main))
+    first = run_cluster(request, ClusterMetrics())
+    assert (first.outcome, first.partitions_conflicted, first.partitions_rewritten) == (
+        "clustered",
+        1,
+        DAYS - 2,
+    )
+    second = run_cluster(request, ClusterMetrics())
+    assert second.partitions_rewritten == 1 and calls[-1] == calls[0]  # the one that conflicted
+
+    monkeypatch.setattr(
+        Table, "z_order", lambda *a, **k: (_ for _ in ()).throw(CommitConflictError("injected"))
+    )
+    write_deltalake(main, day_file(0, 100_000, 16, seed=3), mode="append")
+    assert run_cluster(request, ClusterMetrics()).outcome == "conflicted"
