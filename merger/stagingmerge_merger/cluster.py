@@ -33,7 +33,7 @@ import structlog
 
 from . import failpoints
 from . import plan as key_plan
-from .delta import CommitConflictError, Table
+from .delta import CommitConflictError, Table, TableNotFoundError
 from .errors import InvalidInputError, MergeInterruptedError
 from .storage import Location
 
@@ -214,8 +214,6 @@ def run_cluster(
 
 
 def _open(request: ClusterRequest) -> Table:
-    from deltalake.exceptions import TableNotFoundError
-
     try:
         return Table.open(request.main, request.storage_options)
     except TableNotFoundError as exc:

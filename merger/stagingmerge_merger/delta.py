@@ -330,8 +330,10 @@ class Table:
                         break
         return pa.table(columns)
 
-    def physical_name(self, column: str) -> str:
-        return _physical_names(json.loads(self._dt.schema().to_json())).get(column, column)
+    def physical_names(self, columns: Sequence[str]) -> tuple[str, ...]:
+        """The columns' names in the data files (column mapping), in order."""
+        physical = _physical_names(json.loads(self._dt.schema().to_json()))
+        return tuple(physical.get(c, c) for c in columns)
 
     # --- clustering (cluster.py) -----------------------------------------------------
 

@@ -390,7 +390,8 @@ class _Merge:
         leave out the keys they added; after each, a commit that shows other writers'
         commits since that catch-up gets its keys re-checked and repaired."""
         names = self.req.keys
-        boxes = plan.predicate_boxes(names, keysets.key_ranges(new, names))
+        ranges = keysets.key_ranges(new, names)
+        boxes = plan.predicate_boxes(names, ranges)
         seen = base  # main's version up to which the span's keys are checked
         ours: set[int] = set()  # versions we committed
         taken = planned.key_schema.empty_table()  # keys other writers added meanwhile
@@ -411,7 +412,7 @@ class _Merge:
             others = 0
             if self.main is not None and self.main.latest_version() > seen:
                 others = self.main.version - seen - len([v for v in ours if v > seen])
-                taken = self._catch_up(taken, planned, new, boxes)
+                taken = self._catch_up(taken, planned, new, ranges, boxes)
                 seen = self.main.version
             rows = selection.without_keys(piece, taken, names) if taken.num_rows else piece
             committed = self._commit(
@@ -438,7 +439,12 @@ class _Merge:
         self._record(tally.last(held))
 
     def _catch_up(
-        self, taken: pa.Table, planned: _Plan, new: pa.Table, boxes: list[mainfiles.Box]
+        self,
+        taken: pa.Table,
+        planned: _Plan,
+        new: pa.Table,
+        ranges: list[plan.KeyRange],
+        boxes: list[mainfiles.Box],
     ) -> pa.Table:
         """`taken` plus the keys of `new` (the span's keys to insert) that the files added
         since main was last read hold. main is at its latest version."""
@@ -451,7 +457,6 @@ class _Merge:
         ]
         found = self.files.keys_of(added, planned.key_schema) if earlier else None
         if found is None:  # not readable from the files: the span's ranges through delta-rs
-            ranges = [plan.KeyRange(tuple(low[:-1]), low[-1], high[-1]) for low, high in boxes]
             predicate = plan.range_predicate(self.req.keys, planned.key_types, ranges)
             found = self._main_keys(ranges, planned.key_schema, predicate)
         self.metrics.main_files_caught_up += len(added)

@@ -56,6 +56,8 @@ class MainFiles:
     table: Table
     keys: tuple[str, ...]
     version: int  # the table's version these files are of (the Table object moves on)
+    physical: tuple[str, ...]  # the key columns' names in the files (column mapping)
+    prefix: Prefix  # main's objects, for footers and key columns (one store client)
     files: list[FileStat] = field(default_factory=list)
     _footers: dict[str, pq.FileMetaData | None] = field(default_factory=dict)  # by path
 
@@ -63,21 +65,25 @@ class MainFiles:
     def of(cls, table: Table, keys: Sequence[str], known: MainFiles | None = None) -> MainFiles:
         """Main's files at the table's version; footers `known` read are not read again."""
         stats = table.key_file_stats(keys)
-        columns = {name: stats.column(name).to_pylist() for name in stats.column_names}
+        missing = [None] * stats.num_rows
+        sizes = stats.column("size_bytes").to_pylist()
+        lows = zip(*(_column(stats, f"min.{k}", missing) for k in keys), strict=True)
+        highs = zip(*(_column(stats, f"max.{k}", missing) for k in keys), strict=True)
         files = []
-        for i, path in enumerate(columns["path"]):
-            lows = [columns.get(f"min.{k}", [None] * stats.num_rows)[i] for k in keys]
-            highs = [columns.get(f"max.{k}", [None] * stats.num_rows)[i] for k in keys]
-            complete = None not in lows and None not in highs
-            files.append(
-                FileStat(
-                    path,
-                    int(columns["size_bytes"][i]),
-                    tuple(lows) if complete else None,
-                    tuple(highs) if complete else None,
-                )
-            )
-        return cls(table, tuple(keys), table.version, files, dict(known._footers) if known else {})
+        for path, size, low, high in zip(
+            stats.column("path").to_pylist(), sizes, lows, highs, strict=True
+        ):
+            complete = None not in low and None not in high
+            files.append(FileStat(path, int(size), *((low, high) if complete else (None, None))))
+        return cls(
+            table,
+            tuple(keys),
+            table.version,
+            known.physical if known else table.physical_names(keys),
+            known.prefix if known else Prefix(table.location, table.options),
+            files,
+            dict(known._footers) if known else {},
+        )
 
     def touched(self, boxes: Sequence[Box]) -> list[FileStat]:
         """The files whose statistics rule out none of the boxes (plan.predicate_boxes)."""
@@ -97,16 +103,13 @@ class MainFiles:
         file and never fails the merge."""
         if stat.path not in self._footers:
             try:
-                self._footers[stat.path] = _footer(
-                    Prefix(self.table.location, self.table.options), stat
-                )
+                self._footers[stat.path] = _footer(self.prefix, stat)
             except (MergeError, OSError, ValueError, pa.ArrowException, struct.error):
                 self._footers[stat.path] = None
         footer = self._footers[stat.path]
         if footer is None:
             return stat.size
-        physical = [self.table.physical_name(k) for k in self.keys]
-        return _row_group_bytes(footer, physical, boxes)
+        return _row_group_bytes(footer, self.physical, boxes)
 
     def added_since(self, earlier: MainFiles) -> list[FileStat]:
         """Files that are here and were not in `earlier` (other writers' commits since)."""
@@ -121,17 +124,19 @@ class MainFiles:
         that is a partition column lives in the log, not in the files."""
         if set(self.keys) & set(self.table.partition_columns()):
             return None
-        physical = [self.table.physical_name(k) for k in self.keys]
-        prefix = Prefix(self.table.location, self.table.options)
         tables = []
         try:
             for stat in files:
-                source = _RangeFile(prefix, unquote(stat.path), stat.size)
-                rows = pq.ParquetFile(source).read(columns=physical)
+                source = _RangeFile(self.prefix, unquote(stat.path), stat.size)
+                rows = pq.ParquetFile(source).read(columns=list(self.physical))
                 tables.append(rows.rename_columns(list(self.keys)).cast(schema))
         except (pa.ArrowException, ValueError, KeyError):
             return None  # let delta-rs read the ranges instead
         return pa.concat_tables(tables) if tables else schema.empty_table()
+
+
+def _column(stats: pa.Table, name: str, missing: list[None]) -> list[Any]:
+    return stats.column(name).to_pylist() if name in stats.column_names else missing
 
 
 class _RangeFile(io.RawIOBase):
