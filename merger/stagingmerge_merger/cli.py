@@ -28,7 +28,7 @@ allocator.tune()  # before pyarrow and deltalake (imported below) start their th
 
 import structlog
 
-from . import __version__, plan
+from . import __version__, plan, shards
 from .engine import MergeRequest, Progress, run_merge
 from .errors import EXIT_INVALID, EXIT_OK, EXIT_RETRY, InvalidInputError, MergeError
 from .logs import BarProgress, LogProgress, configure, resolve_format
@@ -90,6 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
         "staging whose keys need more is merged span by span (default: %(default)s)",
     )
     p.add_argument(
+        "--key-sample-rows",
+        type=int,
+        default=1_000_000,
+        metavar="N",
+        help="staging keys planning keeps exactly; a larger staging is sampled (default: "
+        "%(default)s)",
+    )
+    p.add_argument(
         "--keep-staging", action="store_true", help="do not delete staging after a successful merge"
     )
     p.add_argument(
@@ -110,8 +118,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="when staging holds a key more than once, insert the copy with the smallest "
         "values of these columns (e.g. seen); ties, and the default, go by row fingerprint",
     )
+    sharding = p.add_mutually_exclusive_group()
+    sharding.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="merge only shard I of N (0 <= I < N): a disjoint span of staging's key space; "
+        "run all N (at once or not) and the last to finish deletes staging",
+    )
+    sharding.add_argument(
+        "--shards",
+        type=int,
+        metavar="N",
+        help="--shard $JOB_COMPLETION_INDEX/N: the shard of this pod of an Indexed Job",
+    )
     add_common_options(p)
     return p
+
+
+def shard_from_args(args: argparse.Namespace) -> shards.Shard | None:
+    if args.shard is not None:
+        return shards.parse_shard(args.shard)
+    if args.shards is not None:
+        return shards.shard_from_environment(args.shards)
+    return None
 
 
 def add_common_options(p: argparse.ArgumentParser) -> None:
@@ -152,6 +181,8 @@ def request_from_args(args: argparse.Namespace) -> MergeRequest:
         allowed_prefixes=tuple(allowed_prefixes()),
         first_by=plan.parse_columns(args.first_by, "--first-by"),
         key_memory=plan.parse_size(args.key_memory, "--key-memory"),
+        key_sample_rows=plan.parse_batch_rows(args.key_sample_rows, "--key-sample-rows"),
+        shard=shard_from_args(args),
     )
 
 

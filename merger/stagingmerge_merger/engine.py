@@ -31,7 +31,7 @@ from typing import Protocol
 import pyarrow as pa
 import structlog
 
-from . import __version__, checks, failpoints, keysets, keyspace, mainfiles, plan, selection
+from . import __version__, checks, failpoints, keysets, keyspace, mainfiles, plan, selection, shards
 from .delta import QUERY_TABLE, CommitConflictError, Table, TableNotFoundError, plain_schema
 from .errors import InvalidInputError, MergeError, MergeInterruptedError, StagingChangedError
 from .mainfiles import MainFiles, warn_threshold
@@ -71,6 +71,7 @@ class MergeRequest:
     first_by: tuple[str, ...] = ()  # which copy of a repeated key wins (then: fingerprint)
     key_memory: int = DEFAULT_KEY_MEMORY  # bytes of keys one span may hold (sizes spans)
     key_sample_rows: int = 1_000_000  # planning keeps every key of a staging this small
+    shard: shards.Shard | None = None  # merge only this shard's span (shards.py)
 
 
 class Progress(Protocol):
@@ -141,6 +142,10 @@ class _Merge:
         self.deletes = not (request.keep_staging or request.dry_run)
         self.main: Table | None = None
         self.files: MainFiles | None = None  # main's files, for the read accounting
+        self.prefix = Prefix(request.staging, self.options)
+        self.sharded = request.shard is not None and request.shard.count > 1
+        self.staging_columns: dict[str, plan.Column] = {}
+        self.plan_id = "empty"  # the shard plan all shards agreed on (an empty staging: none)
 
     # --- the run ---------------------------------------------------------------------
 
@@ -162,14 +167,21 @@ class _Merge:
             )
         if self.deletes:
             check_deletable(req.staging, req.main, req.allowed_prefixes)
-        prefix = Prefix(req.staging, self.options)
+        if req.shard is not None:
+            self.metrics.shard = str(req.shard)
+        prefix = self.prefix
         staging = self._open_staging(prefix)
         if staging is None:
             self.metrics.outcome = NOTHING_TO_MERGE
             return
         planned = self._prepare(staging)
         if planned.rows == 0:
-            log.info("nothing to merge: staging is empty", staging=str(req.staging))
+            log.info(
+                "nothing to merge: staging is empty"
+                if planned.spans or not self.sharded
+                else "nothing to merge in this shard's span of the key space",
+                staging=str(req.staging),
+            )
             self.metrics.outcome = NOTHING_TO_MERGE
         else:
             self._merge_all(staging, planned)
@@ -205,7 +217,7 @@ class _Merge:
         """Every check that can refuse the input, before anything is written; then the
         spans staging is merged in."""
         req = self.req
-        staging_columns = staging.columns()
+        staging_columns = self.staging_columns = staging.columns()
         plan.check_keys(staging_columns, req.keys, "staging")
         plan.check_first_by(staging_columns, req.first_by, req.keys)
         plan.check_readable_partitions(
@@ -259,7 +271,12 @@ class _Merge:
         table = sample.table()
         key_bytes = max(1, KEY_OVERHEAD * table.nbytes // max(1, table.num_rows))
         span_rows = max(self.req.batch_rows, self.req.key_memory // key_bytes)
+        outer = keyspace.Span()
+        if self.sharded:
+            outer, table, planned.rows = self._shard_span(staging, table, planned.rows, sample)
         planned.spans = keyspace.plan_spans(table, names, planned.rows, span_rows)
+        if self.sharded:
+            planned.spans = shards.clamp(planned.spans, outer)
         log.info(
             "planned",
             staging_rows=planned.rows,
@@ -268,7 +285,37 @@ class _Merge:
             keys_in_hand=sample.stride == 1,
         )
         if sample.stride == 1:  # every key is in hand: no batch has to read them again
-            planned.keys = keyspace.split_by_spans(sample.table(), names, planned.spans)
+            planned.keys = keyspace.split_by_spans(table, names, planned.spans)
+
+    def _shard_span(
+        self, staging: Table, sample: pa.Table, rows: int, sampler: keyspace.KeySample
+    ) -> tuple[keyspace.Span, pa.Table, int]:
+        """This shard's span of the key space (the plan all shards agree on), the sample's
+        keys inside it, and its staging rows (counted, or estimated from the sample)."""
+        shard = self.req.shard
+        assert shard is not None
+        names = list(self.req.keys)
+        ledger = shards.Ledger(self.prefix, staging.version, shard)
+        cuts, self.plan_id = ledger.agree_on(
+            shards.cut_points(sample, names, shard.count), record=not self.req.dry_run
+        )
+        span = shards.span_of(cuts, names, shard)
+        inside = keyspace.within(sample, names, span)
+        if shards.is_empty(span):
+            share = 0
+        elif sampler.stride == 1:
+            share = inside.num_rows
+        else:  # an estimate (progress, batch sizes): at least one row, it may hold some
+            share = max(1, round(rows * inside.num_rows / max(1, sample.num_rows)))
+        log.info(
+            "shard planned",
+            shard=str(shard),
+            plan=self.plan_id,
+            low=None if span.low is None else list(span.low),
+            high=None if span.high is None else list(span.high),
+            staging_rows=share,
+        )
+        return span, inside, share
 
     def _merge_all(self, staging: Table, planned: _Plan) -> None:
         spans = planned.spans
@@ -510,8 +557,18 @@ class _Merge:
                 {"stagingmerge.created_from": str(self.req.staging)},
             )
         except MergeError:
-            Prefix(self.req.main, self.options).delete_if_not_a_table()
-            raise
+            where = Prefix(self.req.main, self.options)
+            if not where.state().has_delta_log:
+                where.delete_if_not_a_table()
+                raise
+            # another writer (another shard, a concurrent merge) created it first
+            self.main = self._open(self.req.main, "main")
+            plan.check_compatible(self.main.columns(), self.staging_columns, self.req.keys)
+            planned.target = plain_schema(self.main.arrow_schema())
+            log.info(
+                "another writer created main meanwhile; appending to it", main=str(self.req.main)
+            )
+            return
         self.metrics.main_created = True
         log.info(
             "created main",
@@ -625,6 +682,28 @@ class _Merge:
                 f"staging {self.req.staging} changed during the merge (version {read} -> "
                 f"{latest}); it is kept, rerun to merge the new rows"
             )
+        if self.sharded:
+            assert self.req.shard is not None
+            finish = shards.Ledger(prefix, read, self.req.shard).finish(
+                self.plan_id,
+                {
+                    "staging_version": read,
+                    "staging_rows": self.metrics.staging_rows,
+                    "inserted": self.metrics.inserted,
+                    "finished_at": time.time(),
+                },
+            )
+            self.metrics.shards_done = finish.done
+            if not finish.deletes:
+                log.info(
+                    "shard done; staging is deleted by the last shard to finish"
+                    if finish.deleter is None
+                    else f"shard done; shard {finish.deleter} deletes staging",
+                    staging=str(self.req.staging),
+                    shard=str(self.req.shard),
+                    shards_done=finish.done,
+                )
+                return
         self._delete_staging(prefix, read)
 
     def _delete_staging(self, prefix: Prefix, version: int | None) -> None:

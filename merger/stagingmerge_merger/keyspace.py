@@ -114,6 +114,15 @@ def split_by_spans(keys: pa.Table, names: Sequence[str], spans: Sequence[Span]) 
     return pieces
 
 
+def within(keys: pa.Table, names: Sequence[str], span: Span) -> pa.Table:
+    """The key columns of the rows of `keys` inside `span`, sorted."""
+    ordered = keys.select(list(names)).sort_by([(n, "ascending") for n in names])
+    rows = _Rows(ordered, names)
+    start = 0 if span.low is None else bisect.bisect_left(rows, span.low)
+    stop = len(rows) if span.high is None else bisect.bisect_left(rows, span.high, start)
+    return ordered.slice(start, max(0, stop - start))
+
+
 class _Rows(Sequence[KeyTuple]):
     """A sorted key table seen as a sequence of tuples, read only where bisect looks."""
 

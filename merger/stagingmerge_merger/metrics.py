@@ -69,6 +69,9 @@ class MergeMetrics:
     main_key_bytes_read: int = 0
     main_files: int = 0
     main_files_caught_up: int = 0  # other writers' new files read before our commits
+    # a sharded run (--shard i/N): which shard, and how many had recorded done when it ended
+    shard: str | None = None
+    shards_done: int = 0
     duration_seconds: float = 0.0
     dry_run: bool = False
     error: str | None = None

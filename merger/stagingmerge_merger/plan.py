@@ -70,9 +70,9 @@ def parse_size(text: str, option: str) -> int:
     return size
 
 
-def parse_batch_rows(value: int) -> int:
+def parse_batch_rows(value: int, option: str = "--batch-rows") -> int:
     if value <= 0:
-        raise InvalidInputError(f"--batch-rows must be a positive number of rows, got {value}")
+        raise InvalidInputError(f"{option} must be a positive number of rows, got {value}")
     return value
 
 

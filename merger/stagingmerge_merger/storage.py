@@ -312,17 +312,14 @@ class Prefix:
             if not first:
                 return PrefixState(exists=False, has_delta_log=False, marker=None)
             log = next(iter(obstore.list(store, prefix=DELTA_LOG + "/", chunk_size=1)), [])
-            marker = self._read_marker(store)
+            marker = self._read_marker()
         except Exception as exc:
             raise _store_error(exc, self.location, self._options, "list") from exc
         return PrefixState(exists=True, has_delta_log=bool(log), marker=marker)
 
-    def _read_marker(self, store: Any) -> dict[str, Any] | None:
-        import obstore
-
-        try:
-            raw = bytes(obstore.get(store, COMPLETION_MARKER).bytes())
-        except FileNotFoundError:
+    def _read_marker(self) -> dict[str, Any] | None:
+        raw = self.read(COMPLETION_MARKER)
+        if raw is None:
             return None
         try:
             value = json.loads(raw)
@@ -331,12 +328,40 @@ class Prefix:
         return value if isinstance(value, dict) else {}
 
     def write_marker(self, content: Mapping[str, Any]) -> None:
+        self.put(COMPLETION_MARKER, json.dumps(dict(content)).encode())
+
+    def read(self, relative: str) -> bytes | None:
+        """The object at `relative` under this location, or None when there is none."""
         import obstore
 
         try:
-            obstore.put(self._open(), COMPLETION_MARKER, json.dumps(dict(content)).encode())
+            return bytes(obstore.get(self._open(), relative).bytes())
+        except FileNotFoundError:
+            return None
         except Exception as exc:
-            raise _store_error(exc, self.location, self._options, "write marker to") from exc
+            raise _store_error(exc, self.location, self._options, "read") from exc
+
+    def put(self, relative: str, data: bytes) -> None:
+        import obstore
+
+        try:
+            obstore.put(self._open(), relative, data)
+        except Exception as exc:
+            raise _store_error(exc, self.location, self._options, "write to") from exc
+
+    def create(self, relative: str, data: bytes) -> bool:
+        """Write `data` at `relative` only if nothing is there (atomic: a conditional put on
+        object stores, a no-clobber create locally). False when something already was."""
+        import obstore
+        from obstore.exceptions import AlreadyExistsError
+
+        try:
+            obstore.put(self._open(), relative, data, mode="create")
+        except AlreadyExistsError:
+            return False
+        except Exception as exc:
+            raise _store_error(exc, self.location, self._options, "write to") from exc
+        return True
 
     def delete_if_not_a_table(self) -> None:
         """Remove what a failed first write left (data files, no log), so the location

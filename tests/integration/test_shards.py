@@ -1,0 +1,177 @@
+"""One merge over N processes (`--shard i/N`), on real tables, local and on S3: the shards
+insert exactly the union between them, staging is deleted once and only after the last,
+a shard killed half-way is rerun without loss or duplicate."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pyarrow as pa
+import pytest
+
+from stagingmerge_merger.shards import SHARDS_DIR
+from tests.helpers import CLI, CliResult, ct, expected_union, run_cli
+
+pytestmark = pytest.mark.parametrize(
+    "store", ["local", pytest.param("s3", marks=pytest.mark.s3)], indirect=True
+)
+
+
+def staged(store, parts: int = 4, rows: int = 60) -> tuple:
+    """main holds every third position of logs 0-2; staging repeats some keys across files."""
+    main_rows = ct([0, 1, 2] * 40, [3 * (i // 3) for i in range(120)], seed=1)
+    store.write("main", main_rows)
+    parts_written = []
+    for part in range(parts):
+        table = ct([0, 1, 2] * (rows // 3), [part * 15 + i // 3 for i in range(rows)], seed=part)
+        store.write("staging", table)
+        parts_written.append(table)
+    return main_rows, pa.concat_tables(parts_written)
+
+
+def shard_run(store, shard: str, *extra: str, env: dict[str, str] | None = None) -> CliResult:
+    return run_cli(
+        "--main", store.uri("main"), "--staging", store.uri("staging"), "--shard", shard,
+        "--batch-rows", "20", *extra, env={**store.env, **(env or {})},
+    )  # fmt: skip
+
+
+def at_once(store, count: int, *extra: str) -> list[CliResult]:
+    """All shards as concurrent processes, the way an Indexed Job runs them."""
+    procs = [
+        subprocess.Popen(
+            [
+                CLI,
+                "--log-format",
+                "json",
+                "--main",
+                store.uri("main"),
+                "--staging",
+                store.uri("staging"),
+                "--shard",
+                f"{i}/{count}",
+                "--batch-rows",
+                "20",
+                *extra,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **store.env},
+        )
+        for i in range(count)
+    ]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=600)
+        results.append(
+            CliResult(proc.returncode, out, err, json.loads(out.strip().splitlines()[-1]))
+        )
+    return results
+
+
+def summed(results: list[CliResult], key: str) -> int:
+    return sum(int(r.metrics[key]) for r in results)
+
+
+def test_shards_at_once_insert_exactly_the_union_and_delete_staging_once(store):
+    main_rows, staging_rows = staged(store)
+    results = at_once(store, 3)
+
+    assert [r.code for r in results] == [0, 0, 0], [r.stderr[-2000:] for r in results]
+    assert store.rows("main").equals(expected_union(main_rows, staging_rows))
+    new = store.rows("main").num_rows - main_rows.num_rows
+    assert summed(results, "inserted") == new
+    assert summed(results, "staging_rows") == staging_rows.num_rows
+    assert (
+        summed(results, "inserted")
+        + summed(results, "skipped_existing")
+        + summed(results, "skipped_duplicates")
+        == staging_rows.num_rows
+    )
+    assert sorted(r.metrics["shard"] for r in results) == ["0/3", "1/3", "2/3"]
+    assert [r.metrics["staging_deleted"] for r in results].count(True) == 1
+    assert max(r.metrics["shards_done"] for r in results) == 3
+    assert not store.exists("staging")
+
+
+def test_a_shard_killed_mid_run_is_rerun_and_the_last_shard_deletes_staging(store):
+    main_rows, staging_rows = staged(store)
+    first = shard_run(store, "0/2")
+    assert first.code == 0 and not first.metrics["staging_deleted"]
+    killed = shard_run(store, "1/2", env={"STAGINGMERGE_FAILPOINT": "batch-after-commit"})
+    assert killed.code == -9 and store.exists("staging")
+
+    again = shard_run(store, "1/2")
+    assert again.code == 0, again.stderr[-2000:]
+    assert again.metrics["staging_deleted"] and again.metrics["shards_done"] == 2
+    assert store.rows("main").equals(expected_union(main_rows, staging_rows))
+    assert not store.exists("staging")
+    # a rerun of any shard now: nothing to merge, main untouched
+    late = shard_run(store, "0/2")
+    assert late.code == 0 and late.metrics["outcome"] == "nothing_to_merge"
+    assert store.rows("main").equals(expected_union(main_rows, staging_rows))
+
+
+def test_every_shard_can_rerun_after_all_merged_with_keep_staging(store):
+    main_rows, staging_rows = staged(store, parts=2)
+    for _ in range(2):
+        results = [shard_run(store, f"{i}/2", "--keep-staging") for i in range(2)]
+        assert all(r.code == 0 for r in results)
+    assert summed(results, "inserted") == 0  # the second round found everything merged
+    assert store.rows("main").equals(expected_union(main_rows, staging_rows))
+    assert store.exists("staging")
+
+
+def test_a_dry_run_of_shards_writes_nothing_anywhere(store):
+    main_rows, staging_rows = staged(store, parts=2)
+    before = store.objects("staging")
+    results = [shard_run(store, f"{i}/2", "--dry-run") for i in range(2)]
+    assert all(r.code == 0 and r.metrics["outcome"] == "dry_run" for r in results)
+    union = expected_union(main_rows, staging_rows)
+    assert summed(results, "inserted") == union.num_rows - main_rows.num_rows
+    assert store.objects("staging") == before
+    assert store.keys("main") == sorted(
+        zip(main_rows["source_url"].to_pylist(), main_rows["cert_index"].to_pylist(), strict=True)
+    )
+
+
+def test_shards_of_an_empty_staging_delete_it_once(store):
+    store.write("main", ct([0], [0], seed=1))
+    store.write("staging", ct([0], [0], seed=1).slice(0, 0))
+    results = at_once(store, 2)
+    assert all(r.code == 0 and r.metrics["outcome"] == "nothing_to_merge" for r in results)
+    assert [r.metrics["staging_deleted"] for r in results].count(True) == 1
+    assert not store.exists("staging")
+
+
+def test_shards_into_a_missing_main_create_it_once(store):
+    staging_rows = ct([0, 1] * 30, [i // 2 for i in range(60)], seed=3)
+    store.write("staging", staging_rows)
+    results = at_once(store, 2)
+    assert [r.code for r in results] == [0, 0], [r.metrics.get("error") for r in results]
+    assert store.keys("main") == sorted(
+        zip(
+            staging_rows["source_url"].to_pylist(),
+            staging_rows["cert_index"].to_pylist(),
+            strict=True,
+        )
+    )
+    assert summed(results, "inserted") == 60
+
+
+def test_a_large_staging_shards_by_the_first_recorded_plan(store, tmp_path):
+    """Past the planning sample the cuts depend on read order: the first shard records
+    them, and every other shard (here with a different sample size, so different cuts of
+    its own) uses the recorded ones."""
+    main_rows, staging_rows = staged(store, parts=6)
+    first = shard_run(store, "0/3", "--key-sample-rows", "7")
+    assert first.code == 0 and first.metrics["shards_done"] == 1
+    recorded = [o for o in store.objects("staging") if o.startswith(SHARDS_DIR)]
+    assert any(o.endswith("plan.arrows") for o in recorded), recorded
+    rest = [shard_run(store, f"{i}/3", "--key-sample-rows", "13") for i in (1, 2)]
+    assert all(r.code == 0 for r in rest)
+    assert store.rows("main").equals(expected_union(main_rows, staging_rows))
+    assert not store.exists("staging") and rest[-1].metrics["staging_deleted"]
