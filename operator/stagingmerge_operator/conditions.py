@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .shards import parse_indexes
+
 # phases (status.phase, the "Status" printer column)
 QUEUED = "Queued"
 SUSPENDED = "Suspended"
@@ -33,6 +35,7 @@ R_INVALID_INPUT = "InvalidInput"
 R_MERGE_FAILED = "MergeFailed"
 R_DEADLINE = "DeadlineExceeded"
 R_JOB_REFUSED = "JobRefused"  # the API server refused the merge Job (4xx)
+R_TTL_DELETE_REFUSED = "TTLDeleteRefused"  # (an Event) the API server refused the TTL's delete
 R_JOB_CONFLICT = "JobConflict"  # a Job of that name exists and belongs to something else
 
 TERMINAL_PHASES = (SUCCEEDED, FAILED)
@@ -54,6 +57,13 @@ class JobState:
     start_time: str | None
     completion_time: str | None
     success_target: bool = False  # SuccessCriteriaMet (or a pod succeeded), not yet Complete
+    completions: int = 1  # shards of an Indexed Job (a parallel merge); 1 otherwise
+    completed_indexes: frozenset[int] = frozenset()
+    failed_indexes: frozenset[int] = frozenset()
+
+    @property
+    def indexed(self) -> bool:
+        return self.completions > 1
 
 
 def job_state(job: Mapping[str, Any]) -> JobState:
@@ -71,19 +81,27 @@ def job_state(job: Mapping[str, Any]) -> JobState:
     active = int(status.get("active") or 0)
     terminating = int(status.get("terminating") or 0)
     attempts = int(status.get("failed") or 0) + int(status.get("succeeded") or 0) + active
+    spec = job.get("spec") or {}
+    completions = (
+        int(spec.get("completions") or 1) if spec.get("completionMode") == "Indexed" else 1
+    )
     return JobState(
         name=job["metadata"]["name"],
         finished=done_ok or failed is not None,
         succeeded=done_ok,
         active=active > 0,
         pods_running=active + terminating > 0,
-        suspended=bool((job.get("spec") or {}).get("suspend")),
+        suspended=bool(spec.get("suspend")),
         attempts=attempts,
         failure_reason=(reason or {}).get("reason"),
         failure_message=(reason or {}).get("message"),
         start_time=_rfc3339(status.get("startTime")),
         completion_time=_rfc3339(status.get("completionTime")),
-        success_target="SuccessCriteriaMet" in conditions or int(status.get("succeeded") or 0) > 0,
+        success_target="SuccessCriteriaMet" in conditions
+        or int(status.get("succeeded") or 0) >= completions,
+        completions=completions,
+        completed_indexes=parse_indexes(status.get("completedIndexes")),
+        failed_indexes=parse_indexes(status.get("failedIndexes")),
     )
 
 
@@ -130,6 +148,20 @@ def outcome_of(job: JobState, metrics: Mapping[str, Any] | None) -> Outcome:
                 FAILED, R_DEADLINE, job.failure_message or "activeDeadlineSeconds passed"
             )
         detail = error or job.failure_message or job.failure_reason or "the merge Job failed"
+        if job.failed_indexes:
+            failed = ",".join(str(i) for i in sorted(job.failed_indexes))
+            others = (
+                "the other shards merged their spans; "
+                if len(job.failed_indexes) < job.completions
+                else ""
+            )
+            return Outcome(
+                FAILED,
+                R_MERGE_FAILED,
+                f"shard(s) {failed} of {job.completions} failed after their retries ({detail});"
+                f" {others}staging is kept: fix the cause and run again (change the spec),"
+                " only what is missing is inserted",
+            )
         return Outcome(FAILED, R_MERGE_FAILED, f"after {job.attempts} attempt(s): {detail}")
     if job.failure_reason:  # FailureTarget: the run is ending, its pods are not gone yet
         return Outcome(
@@ -140,6 +172,13 @@ def outcome_of(job: JobState, metrics: Mapping[str, Any] | None) -> Outcome:
     if job.success_target:  # SuccessCriteriaMet: Complete follows once its pods are gone
         return Outcome(
             RUNNING, R_MERGING, f"Job {job.name} succeeded; waiting for its pods to stop"
+        )
+    if job.active and job.indexed:
+        return Outcome(
+            RUNNING,
+            R_MERGING,
+            f"Job {job.name} is merging: {len(job.completed_indexes)} of {job.completions}"
+            " shards done",
         )
     if job.active:
         return Outcome(RUNNING, R_MERGING, f"Job {job.name} is merging (attempt {job.attempts})")
@@ -164,7 +203,9 @@ def summary(metrics: Mapping[str, Any]) -> str:
 
 
 def progress(outcome: Outcome, job: JobState | None, metrics: Mapping[str, Any] | None) -> str:
-    """The "Progress" printer column."""
+    """The "Progress" printer column: shards done/total of a parallel merge, else batches."""
+    if job is not None and job.indexed:
+        return f"{len(job.completed_indexes)}/{job.completions} shards"
     if metrics and outcome.phase in TERMINAL_PHASES:
         return f"{metrics.get('batches', 0)}/{metrics.get('batches_planned', 0)} batches"
     if job is not None and job.active:

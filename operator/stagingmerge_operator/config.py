@@ -57,6 +57,9 @@ class OperatorConfig:
     # the namespace of the leader's Lease (the operator's own); "" runs without one
     leader_namespace: str = ""
     leader_lease_seconds: float = 15.0
+    # merges (Jobs) running at once into one main table; above 1 they rely on the merge's
+    # concurrent-writer guard (catch-up before each commit, repair after)
+    max_concurrent_per_main: int = 1
 
     @property
     def clusterwide(self) -> bool:
@@ -120,6 +123,7 @@ def load(environ: Mapping[str, str] = os.environ) -> OperatorConfig:
         allow_local_paths=get("ALLOW_LOCAL_PATHS", "false").lower() in ("1", "true", "yes"),
         leader_namespace=get("LEADER_ELECTION_NAMESPACE", ""),
         leader_lease_seconds=positive_number("LEADER_LEASE_SECONDS", 15),
+        max_concurrent_per_main=integer("MAX_CONCURRENT_PER_MAIN", 1, minimum=1),
         merge_service_account_namespaces=tuple(
             n.strip() for n in get("MERGE_SERVICE_ACCOUNT_NAMESPACES", "").split(",") if n.strip()
         ),

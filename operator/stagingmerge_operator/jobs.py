@@ -82,6 +82,8 @@ def merge_args(spec: MergeSpec) -> list[str]:
         "--log-format",
         "json",
     ]
+    if spec.parallelism > 1:  # the shard's index: $JOB_COMPLETION_INDEX of its pod
+        args += ["--shards", str(spec.parallelism)]
     if not spec.delete_staging:
         args.append("--keep-staging")
     if spec.dry_run:
@@ -91,6 +93,21 @@ def merge_args(spec: MergeSpec) -> list[str]:
     if spec.first_by:
         args += ["--first-by", ",".join(spec.first_by)]
     return args
+
+
+def _completions(spec: MergeSpec) -> dict[str, Any]:
+    """One pod, or an Indexed Job of N shards that run at once, each retried on its own
+    (backoffLimitPerIndex; the Job-wide backoffLimit then defaults to unlimited). A shard
+    that fails for good leaves the others running: their spans are merged either way,
+    and staging is only deleted once every shard succeeded."""
+    if spec.parallelism <= 1:
+        return {"backoffLimit": spec.backoff_limit}
+    return {
+        "completionMode": "Indexed",
+        "completions": spec.parallelism,
+        "parallelism": spec.parallelism,
+        "backoffLimitPerIndex": spec.backoff_limit,
+    }
 
 
 def build_job(
@@ -172,7 +189,7 @@ def build_job(
     if spec.tolerations:
         pod_spec["tolerations"] = [dict(t) for t in spec.tolerations]
     job_spec: dict[str, Any] = {
-        "backoffLimit": spec.backoff_limit,
+        **_completions(spec),
         "podFailurePolicy": {
             "rules": [
                 {  # bad input: retrying cannot help
@@ -198,11 +215,8 @@ def build_job(
         if spec.active_deadline_seconds is not None
         else config.job_deadline_seconds
     )
-    ttl = spec.ttl_seconds_after_finished
-    if ttl is None:
-        ttl = config.job_ttl_seconds
-    if ttl is not None:
-        job_spec["ttlSecondsAfterFinished"] = ttl
+    if config.job_ttl_seconds is not None:
+        job_spec["ttlSecondsAfterFinished"] = config.job_ttl_seconds
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

@@ -11,6 +11,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -20,12 +21,23 @@ import urllib3
 from kubernetes.client.exceptions import ApiException
 
 from . import API_VERSION, GROUP, KIND, PLURAL, VERSION
+from .shards import ShardPod
 
 log = logging.getLogger("stagingmerge.operator")
 T = TypeVar("T")
 
 RETRIES = 5
 BACKOFF_SECONDS = 0.5
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"  # annotation of Indexed pods
+
+
+@dataclass(frozen=True)
+class _Pod:
+    index: int | None  # completion index (Indexed Jobs)
+    phase: str | None
+    terminated: bool  # the merge container ended
+    message: str | None  # its termination message
+    order: tuple[str, str]  # finishedAt, creationTimestamp: later is larger
 
 
 class Conflict(Exception):  # noqa: N818 - an answer, like NotFound
@@ -124,6 +136,38 @@ class Kube:
                 GROUP, VERSION, ns, PLURAL, _request_timeout=self._timeout
             ),
         )
+
+    def delete_merge(self, merge: Mapping[str, Any]) -> bool:
+        """Delete this StagingMerge (only this one: a uid precondition), its Job and pods
+        after it by garbage collection. False if it was gone or replaced meanwhile."""
+        meta = merge["metadata"]
+        body = {
+            "apiVersion": "v1",
+            "kind": "DeleteOptions",
+            "preconditions": {"uid": meta.get("uid")},
+            "propagationPolicy": "Background",
+        }
+        try:
+            _retrying(
+                lambda: self._custom.delete_namespaced_custom_object(
+                    GROUP,
+                    VERSION,
+                    meta["namespace"],
+                    PLURAL,
+                    meta["name"],
+                    body=body,
+                    _request_timeout=self._timeout,
+                )
+            )
+        except Conflict:
+            return False  # a precondition failed: another object of that name now
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            if 400 <= (exc.status or 0) < 500 and exc.status != 429:
+                raise Refused(int(exc.status), _api_message(exc)) from exc
+            raise
+        return True
 
     def _list(
         self,
@@ -232,26 +276,53 @@ class Kube:
     ) -> str | None:
         """The termination message of the Job's last pod to end (a succeeded one when the
         Job succeeded: creationTimestamp has a one-second resolution, finishedAt too)."""
+        ended = [p for p in self._pods(namespace, job_name, container) if p.terminated]
+        if not ended:
+            return None
+        return max(ended, key=lambda p: ((p.phase == "Succeeded") == succeeded, *p.order)).message
+
+    def shard_pods(self, namespace: str, job_name: str, container: str) -> dict[int, ShardPod]:
+        """Per completion index of an Indexed Job: its latest pod's phase, and the message
+        of its succeeded pod (else of its last pod to end)."""
+        by_index: dict[int, list[_Pod]] = {}
+        for pod in self._pods(namespace, job_name, container):
+            if pod.index is not None:
+                by_index.setdefault(pod.index, []).append(pod)
+        result = {}
+        for index, pods in by_index.items():
+            latest = max(pods, key=lambda p: p.order)
+            ended = [p for p in pods if p.terminated]
+            best = max(ended, key=lambda p: (p.phase == "Succeeded", *p.order)) if ended else None
+            result[index] = ShardPod(latest.phase, best.message if best else None)
+        return result
+
+    def _pods(self, namespace: str, job_name: str, container: str) -> list[_Pod]:
         result = _retrying(
             lambda: self._core.list_namespaced_pod(
                 namespace, label_selector=f"job-name={job_name}", _request_timeout=self._timeout
             )
         )
-        ended: list[tuple[bool, str, str, str]] = []
+        pods: list[_Pod] = []
         for pod in self._plain(result).get("items", []):
-            phase = (pod.get("status") or {}).get("phase")
-            for status in (pod.get("status") or {}).get("containerStatuses") or []:
-                terminated = (status.get("state") or {}).get("terminated")
-                if status.get("name") == container and terminated:
-                    ended.append(
-                        (
-                            (phase == "Succeeded") == succeeded,
-                            str(terminated.get("finishedAt") or ""),
-                            str(pod["metadata"].get("creationTimestamp") or ""),
-                            str(terminated.get("message") or ""),
-                        )
-                    )
-        return max(ended)[3] or None if ended else None
+            meta, status = pod["metadata"], pod.get("status") or {}
+            raw = (meta.get("annotations") or {}).get(COMPLETION_INDEX)
+            terminated: dict[str, Any] | None = None
+            for container_status in status.get("containerStatuses") or []:
+                if container_status.get("name") == container:
+                    terminated = (container_status.get("state") or {}).get("terminated")
+            pods.append(
+                _Pod(
+                    index=int(raw) if raw is not None and str(raw).isdigit() else None,
+                    phase=status.get("phase"),
+                    terminated=terminated is not None,
+                    message=str((terminated or {}).get("message") or "") or None,
+                    order=(
+                        str((terminated or {}).get("finishedAt") or ""),
+                        str(meta.get("creationTimestamp") or ""),
+                    ),
+                )
+            )
+        return pods
 
     # --- the leader's Lease ---------------------------------------------------------
 

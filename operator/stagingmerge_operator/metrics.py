@@ -1,14 +1,42 @@
-"""Prometheus metrics of the operator (served by prometheus-client on its own port)."""
+"""Prometheus metrics of the operator (served by prometheus-client on its own port).
+
+Counters of merges and rows; histograms of what each finished merge took (seconds, rows);
+gauges, per main table, of the StagingMerges queued for it and running into it (updated
+by the polling loop, every STAGINGMERGE_QUEUE_POLL_SECONDS). The chart's Grafana dashboard
+(charts/stagingmerge/dashboards/) reads exactly these names.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, start_http_server
+from collections.abc import Mapping
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 MERGES_STARTED = Counter("stagingmerge_merges_started_total", "Merge Jobs created")
 MERGES_SUCCEEDED = Counter("stagingmerge_merges_succeeded_total", "Merges that succeeded")
 MERGES_FAILED = Counter("stagingmerge_merges_failed_total", "Merges that failed", ["reason"])
+MERGES_EXPIRED = Counter(
+    "stagingmerge_merges_expired_total", "Finished StagingMerges deleted by their TTL"
+)
 ROWS_INSERTED = Counter("stagingmerge_rows_inserted_total", "Rows inserted into main tables")
 ROWS_SKIPPED = Counter("stagingmerge_rows_skipped_total", "Staging rows not inserted", ["why"])
+MERGE_DURATION = Histogram(
+    "stagingmerge_merge_duration_seconds",
+    "How long finished merges ran (a parallel merge: its slowest shard)",
+    ["outcome"],
+    buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 86400),
+)
+MERGE_ROWS = Histogram(
+    "stagingmerge_merge_rows",
+    "Rows of finished merges: staging rows read, and rows inserted",
+    ["kind"],
+    buckets=tuple(float(10**e) for e in range(0, 11)),
+)
+QUEUED = Gauge("stagingmerge_merges_queued", "StagingMerges waiting for their main table", ["main"])
+RUNNING = Gauge(
+    "stagingmerge_merges_running", "StagingMerges running (Pending or Running) per main", ["main"]
+)
+_mains: set[str] = set()
 
 
 def serve(port: int) -> None:
@@ -30,3 +58,21 @@ def record_terminal(succeeded: bool, reason: str, metrics: dict[str, object] | N
         value = m.get(why)
         if isinstance(value, int) and value > 0:
             ROWS_SKIPPED.labels(why=why.removeprefix("skipped_")).inc(value)
+    duration = m.get("duration_seconds")
+    if isinstance(duration, int | float):
+        MERGE_DURATION.labels(outcome="succeeded" if succeeded else "failed").observe(duration)
+    for kind, key in (("staging", "staging_rows"), ("inserted", "inserted")):
+        value = m.get(key)
+        if isinstance(value, int) and succeeded:
+            MERGE_ROWS.labels(kind=kind).observe(value)
+
+
+def set_fleet(counts: Mapping[str, tuple[int, int]]) -> None:
+    """The per-main gauges; a main no StagingMerge names any more drops to 0."""
+    for main in _mains - set(counts):
+        QUEUED.labels(main=main).set(0)
+        RUNNING.labels(main=main).set(0)
+    for main, (queued, running) in counts.items():
+        QUEUED.labels(main=main).set(queued)
+        RUNNING.labels(main=main).set(running)
+    _mains.update(counts)

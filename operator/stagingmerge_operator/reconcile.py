@@ -22,10 +22,11 @@ import logging
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from . import conditions as c
-from . import metrics
+from . import metrics, shards
 from .config import OperatorConfig
 from .jobs import CONTAINER, LABEL_MAIN, LABEL_MANAGED_BY, MANAGED_BY, build_job, main_key
 from .kube import Conflict, Kube, Refused, now
@@ -49,6 +50,7 @@ class Reconciler:
     clock: Callable[[], str] = now
     _locks: dict[str, threading.Lock] = field(default_factory=dict)
     _locks_guard: threading.Lock = field(default_factory=threading.Lock)
+    _refused_deletes: set[str] = field(default_factory=set)  # uids whose TTL delete got 4xx
 
     def reconcile(self, namespace: str, name: str) -> None:
         for _ in range(ATTEMPTS):
@@ -63,15 +65,50 @@ class Reconciler:
         raise RuntimeError(f"{namespace}/{name}: status kept changing; giving up for now")
 
     def reconcile_unfinished(self) -> None:
-        """Reconcile every watched StagingMerge that has not ended (the polling loop)."""
-        for merge in self.kube.list_merges(self.config.namespaces):
+        """The polling loop: reconcile every watched StagingMerge that has not ended, delete
+        the finished ones whose TTL passed, and update the per-main gauges."""
+        merges = self.kube.list_merges(self.config.namespaces)
+        metrics.set_fleet(fleet_counts(merges))
+        for merge in merges:
             meta = merge["metadata"]
             if (merge.get("status") or {}).get("phase") in c.TERMINAL_PHASES:
+                try:
+                    self._expire(merge)
+                except Exception:  # the next round tries again
+                    log.exception("could not delete expired %s/%s", meta["namespace"], meta["name"])
                 continue
             try:
                 self.reconcile(meta["namespace"], meta["name"])
             except Exception:  # one bad object must not starve the others
                 log.exception("could not reconcile %s/%s", meta["namespace"], meta["name"])
+
+    def _expire(self, merge: dict[str, Any]) -> None:
+        """Delete a finished StagingMerge once spec.ttlSecondsAfterFinished has passed."""
+        due = expiry(merge)
+        if due is None or parse_time(self.clock()) < due:
+            return
+        meta = merge["metadata"]
+        if meta.get("uid") in self._refused_deletes:
+            return
+        try:
+            deleted = self.kube.delete_merge(merge)
+        except Refused as exc:  # said once, on the object; not retried every poll
+            self._refused_deletes.add(str(meta.get("uid")))
+            message = (
+                f"could not delete this finished StagingMerge after ttlSecondsAfterFinished:"
+                f" the API server refused ({exc.status}): {exc.message}"
+            )
+            log.warning("%s/%s: %s", meta["namespace"], meta["name"], message)
+            self.kube.event(merge, "Warning", c.R_TTL_DELETE_REFUSED, message)
+            return
+        if deleted:
+            log.info(
+                "%s/%s: deleted, %ss after it finished (spec.ttlSecondsAfterFinished)",
+                meta["namespace"],
+                meta["name"],
+                (merge.get("spec") or {}).get("ttlSecondsAfterFinished"),
+            )
+            metrics.MERGES_EXPIRED.inc()
 
     # --- decisions ---------------------------------------------------------------------
 
@@ -193,14 +230,26 @@ class Reconciler:
             self._write(merge, outcome, generation=observed, event=("Warning", outcome.reason))
             return
         state = c.job_state(job)
-        message = None
-        if state.finished or state.attempts > (1 if state.active else 0):
-            message = self.kube.termination_message(
-                meta["namespace"], state.name, CONTAINER, succeeded=state.succeeded
-            )
-        run_metrics = c.parse_metrics(message)
-        outcome = c.outcome_of(state, run_metrics)
         extra: dict[str, Any] = {"startTime": status.get("startTime") or state.start_time}
+        if state.indexed:
+            pods = self.kube.shard_pods(meta["namespace"], state.name, CONTAINER)
+            per_shard = {
+                index: found
+                for index, pod in pods.items()
+                if (found := c.parse_metrics(pod.message)) is not None
+            }
+            run_metrics = shards.sum_metrics([per_shard[i] for i in sorted(per_shard)])
+            extra["shards"] = shards.shard_statuses(
+                state.completions, state.completed_indexes, state.failed_indexes, pods, per_shard
+            )
+        else:
+            message = None
+            if state.finished or state.attempts > (1 if state.active else 0):
+                message = self.kube.termination_message(
+                    meta["namespace"], state.name, CONTAINER, succeeded=state.succeeded
+                )
+            run_metrics = c.parse_metrics(message)
+        outcome = c.outcome_of(state, run_metrics)
         if outcome.phase in c.TERMINAL_PHASES:
             extra["completionTime"] = state.completion_time or self.clock()
             extra["metrics"] = run_metrics
@@ -241,32 +290,43 @@ class Reconciler:
         return generation
 
     def _blocker(self, merge: Mapping[str, Any], key: str) -> str | None:
-        """Who goes before this merge on its main table: a running Job, or an older
-        StagingMerge still waiting (first come, first served)."""
+        """Why this merge waits for its main table, or None: `max_concurrent_per_main`
+        slots, taken by running Jobs and, first come first served, by older StagingMerges
+        still waiting for one."""
         me = merge["metadata"]
+        limit = self.config.max_concurrent_per_main
+        ahead: list[str] = []
         selector = f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_MAIN}={key}"
         for job in self.kube.list_jobs(self.config.namespaces, selector):
             state = c.job_state(job)
             if not state.finished or state.pods_running:  # a pod may still be committing
                 owner = (job["metadata"].get("ownerReferences") or [{}])[0].get("uid")
                 if owner != me.get("uid"):
-                    return f"Job {job['metadata']['namespace']}/{job['metadata']['name']}"
+                    ahead.append(f"Job {job['metadata']['namespace']}/{job['metadata']['name']}")
         mine = (me.get("creationTimestamp") or "", me["namespace"], me["name"])
         for other in self.kube.list_merges(self.config.namespaces):
+            if len(ahead) >= limit:
+                break
             om = other["metadata"]
             theirs = (om.get("creationTimestamp") or "", om["namespace"], om["name"])
             if theirs >= mine or om.get("deletionTimestamp"):
                 continue
             ostatus = other.get("status") or {}
             if ostatus.get("phase") in c.TERMINAL_PHASES or ostatus.get("jobName"):
-                continue  # finished, or running (its Job was checked above)
+                continue  # finished, or running (its Job was counted above)
             try:
                 ospec = parse_spec(other.get("spec") or {})
             except InvalidSpecError:
                 continue
             if not ospec.suspend and main_key(ospec.main_uri) == key:
-                return f"StagingMerge {om['namespace']}/{om['name']}"
-        return None
+                ahead.append(f"StagingMerge {om['namespace']}/{om['name']}")
+        if len(ahead) < limit:
+            return None
+        if limit == 1:
+            return ahead[0]
+        return (
+            f"{', '.join(ahead[:3])}{' and others' if len(ahead) > 3 else ''} ({limit} at a time)"
+        )
 
     def _lock(self, key: str) -> threading.Lock:
         with self._locks_guard:
@@ -375,3 +435,48 @@ def _same_conditions(old: list[Mapping[str, Any]], new: list[Mapping[str, Any]])
         )
 
     return strip(old) == strip(new)
+
+
+def expiry(merge: Mapping[str, Any]) -> datetime | None:
+    """When a finished StagingMerge is due for deletion (None: no TTL, or not finished).
+    Read from the raw spec, so that a merge that failed on an invalid spec expires too."""
+    ttl = (merge.get("spec") or {}).get("ttlSecondsAfterFinished")
+    status = merge.get("status") or {}
+    if (
+        isinstance(ttl, bool)
+        or not isinstance(ttl, int)
+        or ttl < 0
+        or status.get("phase") not in c.TERMINAL_PHASES
+    ):
+        return None
+    finished = status.get("completionTime") or _last_transition(status)
+    if not finished:
+        return None
+    return parse_time(finished) + timedelta(seconds=ttl)
+
+
+def _last_transition(status: Mapping[str, Any]) -> str | None:
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "Succeeded" and condition.get("lastTransitionTime"):
+            return str(condition["lastTransitionTime"])
+    return None
+
+
+def parse_time(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+
+def fleet_counts(merges: list[dict[str, Any]]) -> dict[str, tuple[int, int]]:
+    """Per main table URI: (queued, running) StagingMerges."""
+    counts: dict[str, list[int]] = {}
+    for merge in merges:
+        phase = (merge.get("status") or {}).get("phase")
+        main = ((merge.get("spec") or {}).get("main") or {}).get("uri")
+        if not isinstance(main, str):
+            continue
+        entry = counts.setdefault(main.rstrip("/"), [0, 0])
+        if phase == c.QUEUED:
+            entry[0] += 1
+        elif phase in (c.PENDING, c.RUNNING):
+            entry[1] += 1
+    return {main: (q, r) for main, (q, r) in counts.items()}

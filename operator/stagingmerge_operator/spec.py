@@ -16,12 +16,12 @@ from stagingmerge_merger.errors import InvalidInputError
 from stagingmerge_merger.storage import is_secret_name, parse_location
 
 from . import admission
-from .config import MIN_JOB_TTL_SECONDS
 
 RUN_ONCE = "Once"
 RUN_ON_SPEC_CHANGE = "OnSpecChange"
 DEFAULT_BATCH_ROWS = 250_000
 DEFAULT_BACKOFF_LIMIT = 3
+MAX_PARALLELISM = 1000  # stagingmerge-merge --shard i/N takes N up to this
 
 
 class InvalidSpecError(ValueError):
@@ -45,7 +45,8 @@ class MergeSpec:
     service_account: str | None = None
     backoff_limit: int = DEFAULT_BACKOFF_LIMIT
     active_deadline_seconds: int | None = None
-    ttl_seconds_after_finished: int | None = None
+    ttl_seconds_after_finished: int | None = None  # of this StagingMerge, not only its Job
+    parallelism: int = 1  # shards: an Indexed Job of this many pods
     suspend: bool = False
     node_selector: Mapping[str, str] = field(default_factory=dict)
     tolerations: tuple[Mapping[str, Any], ...] = ()
@@ -99,13 +100,18 @@ def parse_spec(spec: Mapping[str, Any]) -> MergeSpec:
         service_account=spec.get("serviceAccountName") or None,
         backoff_limit=_integer_or(spec, "backoffLimit", 0, DEFAULT_BACKOFF_LIMIT),
         active_deadline_seconds=_integer(spec, "activeDeadlineSeconds", 1),
-        ttl_seconds_after_finished=_integer(spec, "ttlSecondsAfterFinished", MIN_JOB_TTL_SECONDS),
+        ttl_seconds_after_finished=_integer(spec, "ttlSecondsAfterFinished", 0),
+        parallelism=_integer_or(spec, "parallelism", 1, 1),
         suspend=bool(spec.get("suspend", False)),
         node_selector=dict(spec.get("nodeSelector") or {}),
         tolerations=tuple(spec.get("tolerations") or ()),
         queue_name=spec.get("queueName") or None,
         run_policy=run_policy,
     )
+    if result.parallelism > MAX_PARALLELISM:
+        raise InvalidSpecError(
+            f"spec.parallelism must be at most {MAX_PARALLELISM}, got {result.parallelism}"
+        )
     try:
         _admit(result)
     except admission.RefusedField as exc:

@@ -105,14 +105,14 @@ def test_owned_objects_are_garbage_collected(kubectl):
                     }
                 ],
             },
-            "spec": {"template": {"spec": {"containers": []}}},
+            "spec": {"template": {"spec": {"containers": [], "restartPolicy": "Never"}}},
         },
     )
     kubectl.batch.create_namespaced_job(
         "default",
         {
             "metadata": {"name": "other", "labels": {"x": "2"}},
-            "spec": {"template": {"spec": {"containers": []}}},
+            "spec": {"template": {"spec": {"containers": [], "restartPolicy": "Never"}}},
         },
     )
     selected = kubectl.batch.list_namespaced_job("default", label_selector="x=1").items
@@ -205,9 +205,10 @@ def test_what_kubectl_reads(cluster, kubectl):
     table_accept = {"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"}
     _, table = http(cluster, "GET", path, headers=table_accept)
     assert table["kind"] == "Table"
-    assert [c["name"] for c in table["columnDefinitions"]][:2] == ["Name", "Status"]
+    assert [c["name"] for c in table["columnDefinitions"]][:3] == ["Name", "Main", "Status"]
     cells = table["rows"][0]["cells"]
-    assert cells[0] == "t" and cells[1] is None and cells[5].endswith("s")  # age, not a stamp
+    assert cells[0] == "t" and cells[1] == SPEC["main"]["uri"] and cells[2] is None
+    assert cells[5].endswith("s")  # age, not a stamp
     resources = http(cluster, "GET", BASE)[1]["resources"]
     main = next(r for r in resources if r["name"] == "stagingmerges")
     status = next(r for r in resources if r["name"] == "stagingmerges/status")

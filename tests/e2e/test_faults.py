@@ -68,7 +68,10 @@ def test_job_events_are_selected_by_the_server_and_survive_410(cluster, kubectl,
             "spec": {
                 "suspend": True,  # Kueue's, say; the job runner leaves it alone
                 "template": {
-                    "spec": {"containers": [{"name": "c", "image": "x", "command": ["true"]}]}
+                    "spec": {
+                        "containers": [{"name": "c", "image": "x", "command": ["true"]}],
+                        "restartPolicy": "Never",
+                    }
                 },
             },
         },

@@ -11,7 +11,7 @@ from tests.e2e.emulator.jobrunner import JobRunner
 from tests.e2e.emulator.rbac import HELM, OPERATOR, Authorizer, render_chart, unused
 from tests.e2e.harness import Kubectl, Operator, wait_for
 from tests.e2e.test_operator import spec_for
-from tests.helpers import ct, write
+from tests.helpers import ct, key_list, write
 
 pytestmark = [
     pytest.mark.e2e,
@@ -45,10 +45,12 @@ def test_every_request_is_allowed_and_every_rule_is_used(tmp_path, mode):
         write(main, ct([2], [9]))  # so "bad" fails whichever of the two runs first
         write(tmp_path / "ok", ct([0] * 3, range(3)))
         write(tmp_path / "bad", ct([1], [1]).drop_columns(["chain"]))
-        kubectl.apply("ok", spec_for(main, tmp_path / "ok"))
+        # "ok" is deleted by its TTL once it finished (the one delete the operator may do)
+        kubectl.apply("ok", {**spec_for(main, tmp_path / "ok"), "ttlSecondsAfterFinished": 1})
         kubectl.apply("bad", spec_for(main, tmp_path / "bad"))  # same main: queued, then fails
-        kubectl.wait("ok", "True", timeout=90)
         kubectl.wait("bad", "False", timeout=90)
+        wait_for(lambda: kubectl.get("ok") is None, timeout=90, what="ok deleted by its TTL")
+        assert (ct([0], [2])["source_url"][0].as_py(), 2) in key_list(main)
         # the lease is renewed (patched) every third of its 2 s
         wait_for(lambda: ("patch", "coordination.k8s.io", "leases") in authorizer.used)
     finally:

@@ -91,7 +91,10 @@ def test_a_job_left_by_another_object_is_not_adopted(kubectl, operator, runner, 
                 "name": "again-g1",
                 "labels": {"app.kubernetes.io/managed-by": "someone-else"},
             },
-            "spec": {"suspend": True, "template": {"spec": {"containers": []}}},
+            "spec": {
+                "suspend": True,
+                "template": {"spec": {"containers": [], "restartPolicy": "Never"}},
+            },
         },
     )
     kubectl.apply("again", spec_for(tmp_path / "main", staging))

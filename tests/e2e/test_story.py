@@ -55,16 +55,16 @@ def test_the_readme_story(cluster, kubectl, operator, runner, tmp_path):
     )
     table = run("get", "smerge")
     header, row = table.splitlines()
-    assert header.split() == ["NAME", "STATUS", "PROGRESS", "INSERTED", "SKIPPED", "AGE"]
+    assert header.split() == ["NAME", "MAIN", "STATUS", "PROGRESS", "INSERTED", "AGE"]
     metrics = json.loads(run("get", "smerge", NAME, "-o", "jsonpath={.status.metrics}"))
     assert (metrics["inserted"], metrics["skipped_existing"], metrics["skipped_duplicates"]) == (
         600,
         200,
         100,
     )
-    assert row.split()[:6] == [NAME, "Succeeded", "1/1", "batches", "600", "200"]
+    assert row.split()[:6] == [NAME, str(main), "Succeeded", "1/1", "batches", "600"]
     wide = run("get", "smerge", "-o", "wide")
-    assert wide.split()[6:8] == ["MAIN", "JOB"] and f"{NAME}-g1" in wide
+    assert wide.split()[6:8] == ["SKIPPED", "JOB"] and f"{NAME}-g1" in wide
     described = run("describe", "smerge", NAME)
     assert "Reason:                Merged" in described or "Merged" in described
     assert "Events:" in described and "Started" in described.split("Events:")[1]

@@ -114,11 +114,28 @@ def test_job_knobs():
         tolerations=[{"key": "k", "operator": "Exists"}],
     )["spec"]
     assert spec["backoffLimit"] == 1 and spec["activeDeadlineSeconds"] == 99
-    assert spec["ttlSecondsAfterFinished"] == 600  # operator default
-    assert job(ttlSecondsAfterFinished=65)["spec"]["ttlSecondsAfterFinished"] == 65
+    assert spec["ttlSecondsAfterFinished"] == 600  # the operator's, for every Job
+    # the StagingMerge's own TTL is the operator's to act on (its Job goes with it)
+    assert job(ttlSecondsAfterFinished=65)["spec"]["ttlSecondsAfterFinished"] == 600
     pod = spec["template"]["spec"]
     assert pod["nodeSelector"] == {"a": "b"} and pod["tolerations"][0]["key"] == "k"
     assert "suspend" not in job()["spec"]
+
+
+def test_one_pod_unless_parallel():
+    spec = job()["spec"]
+    assert "completionMode" not in spec and spec["backoffLimit"] == 3
+    assert "--shards" not in spec["template"]["spec"]["containers"][0]["args"]
+
+
+def test_a_parallel_merge_is_an_indexed_job_of_shards_retried_one_by_one():
+    spec = job(parallelism=4, backoffLimit=2)["spec"]
+    assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", 4, 4)
+    assert spec["backoffLimitPerIndex"] == 2 and "backoffLimit" not in spec
+    args = spec["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--shards") + 1] == "4"
+    # bad input in any shard is bad input for all: the whole Job fails at once
+    assert spec["podFailurePolicy"]["rules"][0]["action"] == "FailJob"
 
 
 def test_merge_args_partition_by():

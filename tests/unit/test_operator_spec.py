@@ -64,8 +64,9 @@ def test_every_field():
         ({"batchRows": "many"}, "spec.batchRows must be a whole number"),
         ({"backoffLimit": -1}, "spec.backoffLimit must not be negative"),
         ({"activeDeadlineSeconds": 0}, "must be positive"),
-        # a Job deleted at once would take the merge's metrics with it
-        ({"ttlSecondsAfterFinished": 0}, "spec.ttlSecondsAfterFinished must be at least 60"),
+        ({"ttlSecondsAfterFinished": -1}, "spec.ttlSecondsAfterFinished must not be negative"),
+        ({"parallelism": 0}, "spec.parallelism must be positive"),
+        ({"parallelism": 1001}, "spec.parallelism must be at most 1000"),
         ({"runPolicy": "Always"}, "spec.runPolicy must be Once or OnSpecChange"),
         ({"storageOptions": {"a": 1}}, "spec.storageOptions must map strings to strings"),
         (

@@ -67,7 +67,8 @@ app.kubernetes.io/component: operator
 {{- define "stagingmerge.reconcilerRules" -}}
 - apiGroups: [stagingmerge.io]
   resources: [stagingmerges]
-  verbs: [get, list, watch]
+  # delete: a finished StagingMerge whose spec.ttlSecondsAfterFinished has passed
+  verbs: [get, list, watch, delete]
 - apiGroups: [stagingmerge.io]
   resources: [stagingmerges/status]
   verbs: [patch]

@@ -43,7 +43,7 @@ import yaml
 from kmock._internal import enums, references, rendering
 from kmock._internal.k8s import KubernetesError, KubernetesObjectNotFoundError
 
-from tests.e2e.emulator import openapi, printing
+from tests.e2e.emulator import batch, openapi, printing
 from tests.e2e.emulator.schema import CrdSchema, InvalidObjectError, UnknownFieldsError
 
 re_openapi = re.compile(r"/openapi/v3/.+")
@@ -224,6 +224,8 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             and request.name is not None
         ):
             request = self._prepare_update(request)
+        if request.action == enums.action.DELETE:
+            self._check_preconditions(request)
         response = await super()._handle(request)
         if request.action == enums.action.CREATE and response.status == 200:
             response.set_status(201)
@@ -277,7 +279,35 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         meta["resourceVersion"] = str(next(self._versions))
         meta["generation"] = 1
         meta["creationTimestamp"] = _now()
+        assert request.resource is not None
+        if request.resource.group == "batch" and request.resource.plural == "jobs":
+            refused = batch.refusal(data)
+            if refused:
+                raise KubernetesError(status=422, reason="Invalid", message=refused)
         return self._replace(request, self._admit(request, data))
+
+    def _check_preconditions(self, request: rendering.Request) -> None:
+        """DeleteOptions.preconditions: 409 when the object is not the one meant."""
+        wanted = (
+            ((request.data or {}).get("preconditions") or {})
+            if isinstance(request.data, dict)
+            else {}
+        )
+        if request.resource is None or request.name is None or not wanted:
+            return
+        key = (request.resource, request.namespace, request.name)
+        if key not in self.objects or self.objects[key].deleted:
+            return  # kmock answers 404
+        found = self.objects[key]
+        meta = found.raw.get("metadata") or {}
+        for field, value in (("uid", "uid"), ("resourceVersion", "resourceVersion")):
+            if wanted.get(field) is not None and wanted[field] != meta.get(value):
+                raise KubernetesError(
+                    status=409,
+                    reason="Conflict",
+                    message=f"Precondition failed: {field} in precondition: {wanted[field]},"
+                    f" {field} in object meta: {meta.get(value)}",
+                )
 
     def _prepare_update(self, request: rendering.Request) -> rendering.Request:
         assert request.resource is not None

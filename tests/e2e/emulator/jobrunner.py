@@ -6,7 +6,11 @@ runs the container's command as a local process with the container's environment
 Job controller would: the container's termination message and exit code on the Pod,
 and the Job's counters and conditions, honouring backoffLimit, podFailurePolicy
 (FailJob on exit codes) and activeDeadlineSeconds, and refusing pods that name a
-ServiceAccount the namespace lacks (as the ServiceAccount admission plugin does). A Job
+ServiceAccount the namespace lacks (as the ServiceAccount admission plugin does).
+Indexed Jobs (completionMode Indexed) run `completions` indexes, `parallelism` at a
+time, each pod with JOB_COMPLETION_INDEX and the completion-index annotation and label;
+each index is retried on its own under backoffLimitPerIndex, and the Job reports
+completedIndexes / failedIndexes and fails with FailedIndexes as the controller does. A Job
 that disappears (deleted, or garbage-collected with its StagingMerge) has its process
 stopped like a pod: SIGTERM, then SIGKILL after the grace period.
 
@@ -34,6 +38,7 @@ import kubernetes
 from kubernetes.client.exceptions import ApiException
 
 BIN = Path(sys.executable).parent
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 
 
 def _now() -> str:
@@ -49,9 +54,23 @@ class Attempt:
     process: subprocess.Popen[bytes]
     metrics_file: Path
     log_file: Path
+    index: int | None = None  # completion index of an Indexed Job's pod
     started: float = field(default_factory=time.monotonic)
     ended: float | None = None
     exit_code: int | None = None
+    main: str = ""  # the merge Job's stagingmerge.io/main label (per-main limits)
+
+
+@dataclass
+class _JobRun:
+    """The controller's memory of one Job (by uid)."""
+
+    started: float | None = None
+    running: dict[int, Attempt] = field(default_factory=dict)  # index -> attempt in flight
+    failures: dict[int, int] = field(default_factory=dict)  # index -> failed pods
+    completed: set[int] = field(default_factory=set)
+    failed_indexes: set[int] = field(default_factory=set)
+    next_start: dict[int, float] = field(default_factory=dict)
 
 
 class JobRunner:
@@ -73,9 +92,7 @@ class JobRunner:
         self.pod_refusals: dict[str, str] = {}  # job -> why its pods could not be created
         self._first_seen: dict[str, float] = {}
         self.attempts: list[Attempt] = []
-        self._running: dict[str, Attempt] = {}  # job uid -> attempt in flight
-        self._failed: dict[str, int] = {}
-        self._next_start: dict[str, float] = {}
+        self._runs: dict[str, _JobRun] = {}  # job uid -> its run
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="job-runner", daemon=True)
         self.errors: list[BaseException] = []
@@ -87,11 +104,16 @@ class JobRunner:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=30)
-        for attempt in list(self._running.values()):
-            self._terminate(attempt, grace=2)
+        for run in self._runs.values():
+            for attempt in list(run.running.values()):
+                self._terminate(attempt, grace=2)
 
     def attempts_of(self, job: str) -> list[Attempt]:
         return [a for a in self.attempts if a.job == job]
+
+    def running(self) -> list[Attempt]:
+        """The attempts whose process is alive right now."""
+        return [a for run in list(self._runs.values()) for a in list(run.running.values())]
 
     # --- the control loop ----------------------------------------------------------
 
@@ -112,10 +134,9 @@ class JobRunner:
             uid = job["metadata"]["uid"]
             seen.add(uid)
             self._step(job)
-        for uid in [u for u in self._running if u not in seen]:
-            attempt = self._running.pop(uid)
-            grace = 10
-            self._terminate(attempt, grace=grace)
+        for uid in [u for u in self._runs if u not in seen]:
+            for attempt in self._runs.pop(uid).running.values():
+                self._terminate(attempt, grace=10)
 
     def _step(self, job: dict[str, Any]) -> None:
         meta, spec = job["metadata"], job["spec"]
@@ -126,80 +147,134 @@ class JobRunner:
             for c in status.get("conditions") or []
         ):
             return
-        attempt = self._running.get(uid)
-        if attempt is None:
-            if spec.get("suspend") or time.monotonic() < self._next_start.get(uid, 0):
-                return
-            refusal = self._pod_refusal(job)
-            if refusal is None:
-                self._launch(job)
-                return
-            # the ServiceAccount admission plugin refuses the pod: the Job controller keeps
-            # trying (FailedCreate) and only activeDeadlineSeconds ends the Job
-            self.pod_refusals.setdefault(meta["name"], refusal)
-            first = self._first_seen.setdefault(uid, time.monotonic())
-            if not status.get("startTime"):
-                self._patch_job(job, {"startTime": _now(), "active": 0})
-            deadline = spec.get("activeDeadlineSeconds")
-            if deadline and time.monotonic() - first > deadline:
-                self._finish_job(
-                    job,
-                    failed=True,
-                    reason="DeadlineExceeded",
-                    message="Job was active longer than specified deadline",
-                )
+        run = self._runs.setdefault(uid, _JobRun())
+        if spec.get("suspend"):
             return
+        if run.started is None:
+            refusal = self._pod_refusal(job)
+            if refusal is not None:
+                self._refused(job, refusal)
+                return
+            run.started = time.monotonic()
         deadline = spec.get("activeDeadlineSeconds")
-        if deadline and time.monotonic() - attempt.started > deadline:
-            # as the Job controller does: FailureTarget first, while the pod is still
-            # terminating (it may commit its batch in the grace period), Failed after
+        if deadline and time.monotonic() - run.started > deadline:
+            # as the Job controller does: FailureTarget first, while the pods are still
+            # terminating (they may commit their batch in the grace period), Failed after
             message = "Job was active longer than specified deadline"
             self._patch_job(
                 job,
                 {
                     "active": 0,
-                    "terminating": 1,
+                    "terminating": len(run.running),
                     "conditions": [_condition("FailureTarget", "DeadlineExceeded", message)],
                 },
             )
+            self._stop_all(run)
+            self._finish_job(job, run, failed=True, reason="DeadlineExceeded", message=message)
+            return
+        changed = False
+        for index, attempt in list(run.running.items()):
+            code = attempt.process.poll()
+            if code is None:
+                continue
+            changed = True
+            del run.running[index]
+            attempt.exit_code, attempt.ended = code, time.monotonic()
+            message = attempt.metrics_file.read_text() if attempt.metrics_file.exists() else ""
+            self._patch_pod(attempt, code, message)
+            if code == 0:
+                run.completed.add(index)
+                continue
+            run.failures[index] = run.failures.get(index, 0) + 1
+            rule = _fail_job_rule(spec, code)
+            if rule is not None:
+                self._stop_all(run)
+                self._finish_job(
+                    job,
+                    run,
+                    failed=True,
+                    reason="PodFailurePolicy",
+                    message=f"Container merge for pod {meta['namespace']}/{attempt.pod}"
+                    f" failed with exit code {code} matching FailJob rule at"
+                    f" index {rule}",
+                )
+                return
+            per_index = spec.get("backoffLimitPerIndex")
+            if per_index is not None and run.failures[index] > int(per_index):
+                run.failed_indexes.add(index)
+            elif per_index is None and sum(run.failures.values()) > int(
+                spec.get("backoffLimit", 6)
+            ):
+                self._stop_all(run)
+                self._finish_job(
+                    job,
+                    run,
+                    failed=True,
+                    reason="BackoffLimitExceeded",
+                    message="Job has reached the specified backoff limit",
+                )
+                return
+            else:
+                run.next_start[index] = time.monotonic() + self.retry_delay
+        indexes = _indexes(spec)
+        settled = run.completed | run.failed_indexes
+        if len(run.completed) == len(indexes):
+            self._finish_job(job, run, failed=False)
+            return
+        if settled >= set(indexes) and not run.running:
+            self._finish_job(
+                job, run, failed=True, reason="FailedIndexes", message="Job has failed indexes"
+            )
+            return
+        parallelism = int(spec.get("parallelism") or 1)
+        for index in indexes:
+            if len(run.running) >= parallelism:
+                break
+            if index in settled or index in run.running:
+                continue
+            if time.monotonic() < run.next_start.get(index, 0):
+                continue
+            self._launch(job, run, index if _indexed(spec) else None)
+            changed = True
+        if changed:
+            self._patch_job(job, self._counts(job, run))
+
+    def _counts(self, job: dict[str, Any], run: _JobRun) -> dict[str, Any]:
+        counts: dict[str, Any] = {
+            "active": len(run.running),
+            "failed": sum(run.failures.values()),
+            "succeeded": len(run.completed),
+        }
+        if not (job.get("status") or {}).get("startTime"):
+            counts["startTime"] = _now()
+        if _indexed(job["spec"]):
+            counts["completedIndexes"] = _ranges(run.completed)
+            if job["spec"].get("backoffLimitPerIndex") is not None:
+                counts["failedIndexes"] = _ranges(run.failed_indexes)
+        return counts
+
+    def _refused(self, job: dict[str, Any], refusal: str) -> None:
+        """The ServiceAccount admission plugin refuses the pod: the Job controller keeps
+        trying (FailedCreate) and only activeDeadlineSeconds ends the Job."""
+        meta, spec, status = job["metadata"], job["spec"], job.get("status") or {}
+        self.pod_refusals.setdefault(meta["name"], refusal)
+        first = self._first_seen.setdefault(meta["uid"], time.monotonic())
+        if not status.get("startTime"):
+            self._patch_job(job, {"startTime": _now(), "active": 0})
+        deadline = spec.get("activeDeadlineSeconds")
+        if deadline and time.monotonic() - first > deadline:
+            self._finish_job(
+                job,
+                self._runs[meta["uid"]],
+                failed=True,
+                reason="DeadlineExceeded",
+                message="Job was active longer than specified deadline",
+            )
+
+    def _stop_all(self, run: _JobRun) -> None:
+        for index, attempt in list(run.running.items()):
             self._terminate(attempt, grace=self.termination_grace)
-            self._running.pop(uid)
-            self._finish_job(job, failed=True, reason="DeadlineExceeded", message=message)
-            return
-        code = attempt.process.poll()
-        if code is None:
-            return
-        self._running.pop(uid)
-        attempt.exit_code, attempt.ended = code, time.monotonic()
-        message = attempt.metrics_file.read_text() if attempt.metrics_file.exists() else ""
-        self._patch_pod(attempt, code, message)
-        if code == 0:
-            self._finish_job(job, failed=False)
-            return
-        failed = self._failed.get(uid, 0) + 1
-        self._failed[uid] = failed
-        rule = _fail_job_rule(spec, code)
-        if rule is not None:
-            self._finish_job(
-                job,
-                failed=True,
-                reason="PodFailurePolicy",
-                failed_count=failed,
-                message=f"Container merge for pod {meta['namespace']}/{attempt.pod}"
-                f" failed with exit code {code} matching FailJob rule at"
-                f" index {rule}",
-            )
-        elif failed > int(spec.get("backoffLimit", 6)):
-            self._finish_job(
-                job,
-                failed=True,
-                reason="BackoffLimitExceeded",
-                failed_count=failed,
-                message="Job has reached the specified backoff limit",
-            )
-        else:
-            self._patch_job(job, {"active": 0, "failed": failed})
-            self._next_start[uid] = time.monotonic() + self.retry_delay
+            del run.running[index]
 
     # --- acting like a kubelet -------------------------------------------------------
 
@@ -221,25 +296,32 @@ class JobRunner:
             raise
         return None
 
-    def _launch(self, job: dict[str, Any]) -> None:
+    def _launch(self, job: dict[str, Any], run: _JobRun, index: int | None) -> None:
         meta = job["metadata"]
         uid, namespace = meta["uid"], meta["namespace"]
-        number = len([a for a in self.attempts if a.job == meta["name"]]) + 1
-        pod_name = f"{meta['name']}-{uuid.uuid4().hex[:5]}"
+        number = len([a for a in self.attempts if a.job == meta["name"] and a.index == index]) + 1
+        stem = meta["name"] if index is None else f"{meta['name']}-{index}"
+        pod_name = f"{stem}-{uuid.uuid4().hex[:5]}"
         template = job["spec"]["template"]
         container = template["spec"]["containers"][0]
+        labels = {
+            **(template.get("metadata", {}).get("labels") or {}),
+            "job-name": meta["name"],
+            "batch.kubernetes.io/job-name": meta["name"],
+            "controller-uid": uid,
+        }
+        annotations = {}
+        if index is not None:
+            labels[COMPLETION_INDEX] = str(index)
+            annotations[COMPLETION_INDEX] = str(index)
         pod = {
             "apiVersion": "v1",
             "kind": "Pod",
             "metadata": {
                 "name": pod_name,
                 "namespace": namespace,
-                "labels": {
-                    **(template.get("metadata", {}).get("labels") or {}),
-                    "job-name": meta["name"],
-                    "batch.kubernetes.io/job-name": meta["name"],
-                    "controller-uid": uid,
-                },
+                "labels": labels,
+                "annotations": annotations,
                 "ownerReferences": [
                     {
                         "apiVersion": "batch/v1",
@@ -265,17 +347,25 @@ class JobRunner:
             str(metrics_file),
         ]
         env = {**os.environ, **self._environment(namespace, container)}
+        if index is not None:  # the Job controller adds it to every container of the pod
+            env["JOB_COMPLETION_INDEX"] = str(index)
         with log_file.open("wb") as log:
             process = subprocess.Popen(
                 command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
         attempt = Attempt(
-            meta["name"], namespace, pod_name, number, process, metrics_file, log_file
+            meta["name"],
+            namespace,
+            pod_name,
+            number,
+            process,
+            metrics_file,
+            log_file,
+            index=index,
+            main=(meta.get("labels") or {}).get("stagingmerge.io/main", ""),
         )
         self.attempts.append(attempt)
-        self._running[uid] = attempt
-        first = not (job.get("status") or {}).get("startTime")
-        self._patch_job(job, {"active": 1, **({"startTime": _now()} if first else {})})
+        run.running[index if index is not None else 0] = attempt
 
     def _environment(self, namespace: str, container: dict[str, Any]) -> dict[str, str]:
         env: dict[str, str] = {}
@@ -334,33 +424,31 @@ class JobRunner:
     def _finish_job(
         self,
         job: dict[str, Any],
+        run: _JobRun,
         *,
         failed: bool,
         reason: str = "",
         message: str = "",
-        failed_count: int | None = None,
     ) -> None:
         """The Job controller's two steps: the target condition (FailureTarget or
         SuccessCriteriaMet) once the outcome is decided, then Failed or Complete once no
         pod is left, each in its own status update."""
+        counts = self._counts(job, run)
+        counts["active"] = 0
         if failed:
             target = _condition("FailureTarget", reason, message)
-            first: dict[str, Any] = {"active": 0, "conditions": [target]}
-            if failed_count is not None:
-                first["failed"] = failed_count
-            self._patch_job(job, first)
+            self._patch_job(job, {**counts, "conditions": [target]})
             final = {
-                "active": 0,
+                **counts,
                 "terminating": 0,
                 "conditions": [target, _condition("Failed", reason, message)],
             }
         else:
             text = "Reached expected number of succeeded pods"
             met = _condition("SuccessCriteriaMet", "CompletionsReached", text)
-            self._patch_job(job, {"active": 0, "succeeded": 1, "conditions": [met]})
+            self._patch_job(job, {**counts, "conditions": [met]})
             final = {
-                "active": 0,
-                "succeeded": 1,
+                **counts,
                 "completionTime": _now(),
                 "conditions": [met, _condition("Complete", "CompletionsReached", text)],
             }
@@ -397,3 +485,23 @@ def _fail_job_rule(spec: dict[str, Any], code: int) -> int | None:
         ):
             return index
     return None
+
+
+def _indexed(spec: dict[str, Any]) -> bool:
+    return spec.get("completionMode") == "Indexed"
+
+
+def _indexes(spec: dict[str, Any]) -> list[int]:
+    """The indexes to complete: 0..completions-1 of an Indexed Job, else the one pod (0)."""
+    return list(range(int(spec.get("completions") or 1))) if _indexed(spec) else [0]
+
+
+def _ranges(indexes: set[int]) -> str:
+    """{0, 1, 2, 5} -> "0-2,5", the Job status' interval notation."""
+    parts: list[str] = []
+    for value in sorted(indexes):
+        if parts and value == int(parts[-1].rpartition("-")[2]) + 1:
+            parts[-1] = f"{parts[-1].partition('-')[0]}-{value}"
+        else:
+            parts.append(str(value))
+    return ",".join(parts)
