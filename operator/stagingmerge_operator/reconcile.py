@@ -69,13 +69,19 @@ class Reconciler:
         the finished ones whose TTL passed, and update the per-main gauges."""
         merges = self.kube.list_merges(self.config.namespaces)
         metrics.set_fleet(fleet_counts(merges))
+        # of the queued, only those a free slot could take: hundreds queued for one main
+        # cost one list per poll, not one per queued merge
+        startable = next_in_line(merges, self.config.max_concurrent_per_main)
         for merge in merges:
             meta = merge["metadata"]
-            if (merge.get("status") or {}).get("phase") in c.TERMINAL_PHASES:
+            phase = (merge.get("status") or {}).get("phase")
+            if phase in c.TERMINAL_PHASES:
                 try:
                     self._expire(merge)
                 except Exception:  # the next round tries again
                     log.exception("could not delete expired %s/%s", meta["namespace"], meta["name"])
+                continue
+            if phase == c.QUEUED and (meta["namespace"], meta["name"]) not in startable:
                 continue
             try:
                 self.reconcile(meta["namespace"], meta["name"])
@@ -389,24 +395,18 @@ class Reconciler:
             self._wake_queue(merge)
 
     def _wake_queue(self, finished: Mapping[str, Any]) -> None:
-        """A merge ended: let the next one queued on the same main start now."""
+        """A merge ended: let the next ones queued on the same main start now."""
         try:
             key = main_key(parse_spec(finished.get("spec") or {}).main_uri)
         except InvalidSpecError:
             return
-        for other in self.kube.list_merges(self.config.namespaces):
-            if (other.get("status") or {}).get("phase") != c.QUEUED:
-                continue
+        merges = self.kube.list_merges(self.config.namespaces)
+        startable = next_in_line(merges, self.config.max_concurrent_per_main, only=key)
+        for namespace, name in sorted(startable):
             try:
-                if main_key(parse_spec(other.get("spec") or {}).main_uri) != key:
-                    continue
-            except InvalidSpecError:
-                continue
-            om = other["metadata"]
-            try:
-                self.reconcile(om["namespace"], om["name"])
+                self.reconcile(namespace, name)
             except Exception:  # the queue timer will try again
-                log.exception("could not start queued %s/%s", om["namespace"], om["name"])
+                log.exception("could not start queued %s/%s", namespace, name)
 
 
 def owned_by(job: Mapping[str, Any], uid: str | None) -> bool:
@@ -480,3 +480,33 @@ def fleet_counts(merges: list[dict[str, Any]]) -> dict[str, tuple[int, int]]:
         elif phase in (c.PENDING, c.RUNNING):
             entry[1] += 1
     return {main: (q, r) for main, (q, r) in counts.items()}
+
+
+def next_in_line(
+    merges: list[dict[str, Any]], limit: int, only: str | None = None
+) -> set[tuple[str, str]]:
+    """The queued StagingMerges that could start now: per main table, the oldest ones, as
+    many as it has free slots (`limit` minus its merges running). `only`: one main's key."""
+    running: dict[str, int] = {}
+    queued: dict[str, list[tuple[str, str, str]]] = {}
+    for merge in merges:
+        status, meta = merge.get("status") or {}, merge["metadata"]
+        phase = status.get("phase")
+        if phase in c.TERMINAL_PHASES or meta.get("deletionTimestamp"):
+            continue
+        try:
+            key = main_key(parse_spec(merge.get("spec") or {}).main_uri)
+        except InvalidSpecError:
+            continue
+        if only is not None and key != only:
+            continue
+        if phase == c.QUEUED:
+            stamp = str(meta.get("creationTimestamp") or "")
+            queued.setdefault(key, []).append((stamp, meta["namespace"], meta["name"]))
+        elif status.get("jobName"):
+            running[key] = running.get(key, 0) + 1
+    chosen: set[tuple[str, str]] = set()
+    for key, waiting in queued.items():
+        free = max(0, limit - running.get(key, 0))
+        chosen.update((ns, name) for _, ns, name in sorted(waiting)[:free])
+    return chosen

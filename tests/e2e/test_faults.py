@@ -87,7 +87,7 @@ def test_job_events_are_selected_by_the_server_and_survive_410(cluster, kubectl,
     assert all(f.times == 0 for f in cluster.emulator.faults), "the 410s were served"
     job_reads = [
         r
-        for r in cluster.emulator._requests
+        for r in cluster.emulator.served
         if r.headers.get("Authorization") == f"Bearer {OPERATOR_TOKEN}"
         and r.resource is not None
         and r.resource.plural == "jobs"

@@ -63,6 +63,9 @@ class Fault:
     delay: float = 0.0
 
 
+KEEP_REQUESTS = 64  # of kmock's own request log (the tests read `served` instead)
+
+
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -133,6 +136,8 @@ class ClusterEmulator(kmock.KubernetesEmulator):
     _openapi: dict[str, dict[str, Any]] = attrs.field(factory=dict, init=False)
     # fields a real API server would silently drop from what the operator wrote
     pruned: list[str] = attrs.field(factory=list, init=False)
+    # every request served, as handled (what the tests inspect)
+    served: list[rendering.Request] = attrs.field(factory=list, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -199,6 +204,11 @@ class ClusterEmulator(kmock.KubernetesEmulator):
     # --- the request path ----------------------------------------------------------
 
     async def _handle(self, request: rendering.Request) -> Any:
+        if len(self._requests) > KEEP_REQUESTS * 2:
+            # kmock matches each request against its reactions by scanning every request it
+            # kept: unbounded, a long test (a fleet of merges) slows down quadratically
+            del self._requests[:-KEEP_REQUESTS]
+        self.served.append(request)
         if request.action == enums.action.LIST and request.params.get("watch") in _TRUE:
             # the API server parses booleans as Go does; kmock knows only "true" (and the
             # official Python client sends "True")
@@ -350,9 +360,11 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         """A copy of the (frozen) request with other data, standing in its place: kmock
         matches reactions by the identity of requests in its own list."""
         changed = attrs.evolve(request, data=data, **other)
-        for index, seen in enumerate(self._requests):
-            if seen is request:
-                self._requests[index] = changed
+        for log in (self._requests, self.served):
+            for index in range(len(log) - 1, -1, -1):  # from the end: it is one of the latest
+                if log[index] is request:
+                    log[index] = changed
+                    break
         return changed
 
     def _selected(self, request: rendering.Request, obj: dict[str, Any]) -> bool:

@@ -1,0 +1,142 @@
+"""A cluster-wide backfill: 50 StagingMerges for 5 main tables applied at once, with the
+operator's per-main limit at 2 (STAGINGMERGE_MAX_CONCURRENT_PER_MAIN). Stagings of one
+main overlap, so merges running side by side insert the same keys concurrently and rely
+on the merge's concurrent-writer guard. And finished objects collected by their TTL."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from urllib.request import urlopen
+
+import pytest
+
+from tests.e2e.harness import Operator, wait_for
+from tests.helpers import ct, key_list, rows, write
+
+pytestmark = pytest.mark.e2e
+MAINS, PER_MAIN, LIMIT = 5, 10, 2
+SPAN, STEP = 30, 15  # staging j of a main holds positions [j*STEP, j*STEP + SPAN)
+
+
+def scrape(port: int) -> str:
+    """The operator's Prometheus exposition ("" until its endpoint is up)."""
+    try:
+        return str(urlopen(f"http://127.0.0.1:{port}/metrics").read().decode())
+    except OSError:
+        return ""
+
+
+def peak_concurrency(intervals: list[tuple[float, float]]) -> int:
+    """The most intervals open at one moment."""
+    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    peak = now = 0
+    for _, step in events:
+        now += step
+        peak = max(peak, now)
+    return peak
+
+
+@pytest.mark.timeout(1200)  # 50 merge processes and an operator on 2 shared cores
+def test_fifty_merges_for_five_mains_end_exactly_and_respect_the_limit(
+    cluster, kubectl, runner, tmp_path
+):
+    universes, mains = [], []
+    for m in range(MAINS):
+        # every copy of a key, in whichever staging, is the same row: the expected main
+        # does not depend on which merge inserted it first
+        universe = ct([m % 3] * 200, range(200), seed=100 + m)
+        main = tmp_path / f"main-{m}"
+        write(main, universe.slice(0, 20))
+        universes.append(universe)
+        mains.append(main)
+        for j in range(PER_MAIN):
+            write(tmp_path / f"staging-{m}-{j}", universe.slice(j * STEP, SPAN))
+    operator = Operator(cluster, tmp_path, STAGINGMERGE_MAX_CONCURRENT_PER_MAIN=str(LIMIT)).start()
+    try:
+        for j in range(PER_MAIN):  # interleaved, as an automation would apply them
+            for m in range(MAINS):
+                kubectl.apply(
+                    f"fill-{m}-{j}",
+                    {
+                        "main": {"uri": str(mains[m])},
+                        "staging": {"uri": str(tmp_path / f"staging-{m}-{j}")},
+                        "batchRows": 10,
+                    },
+                )
+        wait_for(
+            lambda: "stagingmerge_merges_queued{main=" in scrape(operator.metrics_port),
+            timeout=300,
+            what="the queued gauge",
+        )
+        for m in range(MAINS):
+            for j in range(PER_MAIN):
+                assert kubectl.wait(f"fill-{m}-{j}", "True", timeout=900)["reason"] == "Merged"
+        exposition = scrape(operator.metrics_port)
+    finally:
+        operator.stop()
+
+    covered = (PER_MAIN - 1) * STEP + SPAN
+    for m in range(MAINS):
+        expected = universes[m].slice(0, covered)
+        expected = expected.select(sorted(expected.column_names)).sort_by(
+            [("source_url", "ascending"), ("cert_index", "ascending")]
+        )
+        assert rows(mains[m]).equals(expected), f"main-{m}"
+        assert not (tmp_path / f"staging-{m}-0").exists()
+    inserted = sum(
+        kubectl.get(f"fill-{m}-{j}")["status"]["metrics"]["inserted"]
+        for m in range(MAINS)
+        for j in range(PER_MAIN)
+    )
+    assert inserted == MAINS * (covered - 20)
+    by_main: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for attempt in runner.attempts:
+        assert attempt.ended is not None
+        by_main[attempt.main].append((attempt.started, attempt.ended))
+    assert len(by_main) == MAINS and len(runner.attempts) == MAINS * PER_MAIN
+    peaks = {main: peak_concurrency(spans) for main, spans in by_main.items()}
+    assert max(peaks.values()) <= LIMIT, peaks
+    assert LIMIT in peaks.values(), f"merges into one main never ran side by side: {peaks}"
+    assert 'stagingmerge_merge_duration_seconds_count{outcome="succeeded"} 50.0' in exposition
+    assert 'stagingmerge_merge_rows_count{kind="inserted"} 50.0' in exposition
+
+
+def test_finished_merges_are_deleted_after_their_ttl_with_their_jobs(
+    kubectl, operator, runner, tmp_path
+):
+    main = tmp_path / "main"
+    write(main, ct([0] * 3, range(3), seed=1))
+    for name in ("keep", "expire", "expire-bad"):
+        write(tmp_path / name, ct([0] * 3, range(3, 6), seed=2))
+    write(tmp_path / "bad", ct([0], [9]).drop_columns(["chain"]))
+    kubectl.apply("keep", {"main": {"uri": str(main)}, "staging": {"uri": str(tmp_path / "keep")}})
+    kubectl.apply(
+        "expire",
+        {
+            "main": {"uri": str(main)},
+            "staging": {"uri": str(tmp_path / "expire")},
+            "ttlSecondsAfterFinished": 0,
+        },
+    )
+    kubectl.apply(
+        "expire-bad",  # a failed merge expires too
+        {
+            "main": {"uri": str(main)},
+            "staging": {"uri": str(tmp_path / "bad")},
+            "ttlSecondsAfterFinished": 0,
+        },
+    )
+    assert kubectl.wait("keep", "True", timeout=300)["reason"] == "Merged"
+    wait_for(
+        lambda: kubectl.get("expire") is None and kubectl.get("expire-bad") is None,
+        timeout=300,
+        what="both expired",
+    )
+    wait_for(
+        lambda: [j["metadata"]["name"] for j in kubectl.jobs()] == ["keep-g1"],
+        timeout=60,
+        what="their Jobs collected with them",
+    )
+    assert [index for _, index in key_list(main)] == list(range(6))
+    assert "stagingmerge_merges_expired_total 2.0" in scrape(operator.metrics_port)
+    assert kubectl.get("keep") is not None
