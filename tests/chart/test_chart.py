@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -292,3 +293,40 @@ def test_notes_tell_what_to_do_next():
     ).stdout
     assert "kubectl wait --for=condition=Succeeded" in out
     assert "kubectl get smerge" in out
+
+
+def test_the_dashboard_is_a_configmap_for_the_grafana_sidecar_reading_real_metrics():
+    from prometheus_client import REGISTRY
+
+    import stagingmerge_operator.metrics  # noqa: F401 - registers the operator's metrics
+
+    assert not by_kind(render(), "ConfigMap")  # optional, off by default
+    (configmap,) = by_kind(render("-f", str(EVERYTHING)), "ConfigMap")
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert configmap["metadata"]["namespace"] == "monitoring"
+    dashboard = json.loads(configmap["data"]["stagingmerge.json"])
+    assert dashboard["uid"] == "stagingmerge-fleet" and dashboard["panels"]
+    suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_count", "_sum"], "gauge": [""]}
+    known = {
+        family.name + suffix
+        for family in REGISTRY.collect()
+        if family.name.startswith("stagingmerge_")
+        for suffix in suffixes[family.type]
+    }
+    used = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"stagingmerge_[a-z_]+", target["expr"])
+    }
+    assert used and used <= known, used - known
+    assert {"stagingmerge_merges_queued", "stagingmerge_merge_duration_seconds_bucket"} <= used
+
+
+def test_the_per_main_limit_reaches_the_operator():
+    (deployment,) = by_kind(render("-f", str(EVERYTHING)), "Deployment")
+    env = {
+        e["name"]: e.get("value")
+        for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["STAGINGMERGE_MAX_CONCURRENT_PER_MAIN"] == "3"

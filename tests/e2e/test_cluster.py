@@ -9,6 +9,7 @@ import urllib.request
 import pytest
 from kubernetes.client.exceptions import ApiException
 
+from tests.e2e.emulator import jobrunner
 from tests.e2e.emulator.cluster import OPERATOR_TOKEN, matches_fields, matches_selector, merge_diff
 from tests.e2e.emulator.printing import human_duration
 
@@ -256,3 +257,40 @@ def test_field_selectors_and_ages():
         "25h",
         "30d",
     ]
+
+
+def test_jobs_are_validated_as_the_batch_api_does(kubectl):
+    """422 for what the API server's Job validation refuses (emulator/batch.py)."""
+    pod = {"containers": [{"name": "c", "image": "x"}], "restartPolicy": "Never"}
+    bad = [
+        ({"backoffLimitPerIndex": 1, "template": {"spec": pod}}, "requires indexed completion"),
+        ({"completionMode": "Indexed", "template": {"spec": pod}}, "spec.completions"),
+        ({"template": {"spec": {**pod, "restartPolicy": "Always"}}}, "restartPolicy"),
+        (
+            {
+                "podFailurePolicy": {"rules": [{"action": "FailIndex", "onExitCodes": {}}]},
+                "template": {"spec": pod},
+            },
+            "requires the backoffLimitPerIndex",
+        ),
+    ]
+    for number, (spec, message) in enumerate(bad):
+        with pytest.raises(ApiException) as refused:
+            kubectl.batch.create_namespaced_job(
+                "default", {"metadata": {"name": f"bad-{number}"}, "spec": spec}
+            )
+        assert refused.value.status == 422 and message in refused.value.body
+    indexed = {
+        "completionMode": "Indexed",
+        "completions": 3,
+        "parallelism": 3,
+        "backoffLimitPerIndex": 1,
+        "template": {"spec": pod},
+    }
+    kubectl.batch.create_namespaced_job("default", {"metadata": {"name": "ok"}, "spec": indexed})
+    assert [j["metadata"]["name"] for j in kubectl.jobs()] == ["ok"]
+
+
+def test_job_status_index_intervals():
+    assert jobrunner._ranges({0, 1, 2, 5, 7, 8}) == "0-2,5,7-8"
+    assert jobrunner._ranges(set()) == "" and jobrunner._ranges({4}) == "4"

@@ -26,6 +26,7 @@ def test_namespaces():
         ({**BASE, "STAGINGMERGE_QUEUE_POLL_SECONDS": "-1"}, "must be positive"),
         ({**BASE, "STAGINGMERGE_LOG_FORMAT": "xml"}, "must be json, text or full"),
         ({**BASE, "STAGINGMERGE_ALLOWED_PREFIXES": "ftp://x"}, "ALLOWED_PREFIXES: unsupported"),
+        ({**BASE, "STAGINGMERGE_MAX_CONCURRENT_PER_MAIN": "0"}, "PER_MAIN must be at least 1"),
     ],
 )
 def test_bad_values_name_the_variable(env, message):
@@ -51,3 +52,8 @@ def test_merge_job_defaults_from_the_environment():
     ]:
         with pytest.raises(ConfigError, match=message):
             load({"STAGINGMERGE_DEFAULT_IMAGE": "x", f"STAGINGMERGE_{name}": value})
+
+
+def test_one_merge_per_main_unless_raised():
+    assert load(BASE).max_concurrent_per_main == 1
+    assert load({**BASE, "STAGINGMERGE_MAX_CONCURRENT_PER_MAIN": "4"}).max_concurrent_per_main == 4

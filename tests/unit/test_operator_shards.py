@@ -1,0 +1,165 @@
+"""A parallel merge on the status (pure): indexes, per-shard state, summed metrics, the
+queue's next in line and the TTL's due time."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from stagingmerge_operator import conditions as c
+from stagingmerge_operator import reconcile, shards
+from stagingmerge_operator.shards import ShardPod
+
+
+@pytest.mark.parametrize(
+    ("text", "indexes"),
+    [(None, set()), ("", set()), ("0", {0}), ("0-2,5", {0, 1, 2, 5}), ("1,3-4", {1, 3, 4})],
+)
+def test_job_index_intervals(text, indexes):
+    assert shards.parse_indexes(text) == indexes
+
+
+def shard_metrics(**values):
+    base = {
+        "outcome": "merged",
+        "staging_rows": 10,
+        "inserted": 4,
+        "skipped_existing": 5,
+        "skipped_duplicates": 1,
+        "batches": 2,
+        "main_version_before": 3,
+        "main_version_after": 5,
+        "duration_seconds": 1.5,
+        "staging_deleted": False,
+        "main_files": 7,
+    }
+    return {**base, **values}
+
+
+def test_summed_metrics_add_up_and_keep_the_extremes():
+    total = shards.sum_metrics(
+        [
+            shard_metrics(),
+            shard_metrics(
+                inserted=6,
+                skipped_existing=3,
+                main_version_before=4,
+                main_version_after=9,
+                duration_seconds=2.5,
+                staging_deleted=True,
+                main_files=9,
+            ),
+        ]
+    )
+    assert total is not None
+    assert (total["staging_rows"], total["inserted"], total["skipped_existing"]) == (20, 10, 8)
+    assert total["inserted"] + total["skipped_existing"] + total["skipped_duplicates"] == 20
+    assert (total["main_version_before"], total["main_version_after"]) == (3, 9)
+    assert (
+        total["duration_seconds"] == 2.5 and total["staging_deleted"] and total["main_files"] == 9
+    )
+    assert total["outcome"] == "merged" and total["shards_reported"] == 2
+
+
+def test_the_worst_shard_outcome_is_the_merge_outcome():
+    assert shards.sum_metrics([]) is None
+    nothing = shards.sum_metrics([shard_metrics(outcome="nothing_to_merge")] * 2)
+    assert nothing is not None and nothing["outcome"] == "nothing_to_merge"
+    mixed = shards.sum_metrics(
+        [shard_metrics(), shard_metrics(outcome="invalid_input", error="bad schema")]
+    )
+    assert mixed is not None and (mixed["outcome"], mixed["error"]) == (
+        "invalid_input",
+        "bad schema",
+    )
+
+
+def test_shard_lines_follow_the_job_and_the_pods():
+    lines = shards.shard_statuses(
+        4,
+        frozenset({0}),
+        frozenset({3}),
+        {1: ShardPod("Running", None), 2: ShardPod("Failed", None)},
+        {0: shard_metrics(staging_deleted=True)},
+    )
+    assert [line["state"] for line in lines] == ["Succeeded", "Running", "Running", "Failed"]
+    assert lines[0] == {
+        "index": 0,
+        "state": "Succeeded",
+        "inserted": 4,
+        "stagingRows": 10,
+        "batches": 2,
+        "stagingDeleted": True,
+    }
+
+
+def indexed_job(**status):
+    return {
+        "metadata": {"name": "j"},
+        "spec": {"completionMode": "Indexed", "completions": 3},
+        "status": status,
+    }
+
+
+def test_an_indexed_job_reads_as_shards():
+    running = c.job_state(indexed_job(active=2, succeeded=1, completedIndexes="1"))
+    assert running.indexed and running.completed_indexes == {1} and not running.success_target
+    outcome = c.outcome_of(running, None)
+    assert (outcome.phase, outcome.message) == ("Running", "Job j is merging: 1 of 3 shards done")
+    assert c.progress(outcome, running, None) == "1/3 shards"
+    done = c.job_state(indexed_job(succeeded=3, completedIndexes="0-2"))
+    assert done.success_target
+    failed = c.job_state(
+        indexed_job(
+            failed=4,
+            succeeded=2,
+            completedIndexes="0,2",
+            failedIndexes="1",
+            conditions=[{"type": "Failed", "status": "True", "reason": "FailedIndexes"}],
+        )
+    )
+    outcome = c.outcome_of(failed, None)
+    assert outcome.phase == "Failed" and outcome.message.startswith("shard(s) 1 of 3 failed")
+    assert "the other shards merged their spans" in outcome.message
+
+
+def merge(name, phase=None, main="s3://lake/main", created="2026-01-01T00:00:00Z", **status):
+    return {
+        "metadata": {"name": name, "namespace": "ns", "creationTimestamp": created},
+        "spec": {"main": {"uri": main}, "staging": {"uri": f"s3://lake/staging/{name}"}},
+        "status": {"phase": phase, **status} if phase else {},
+    }
+
+
+def test_next_in_line_takes_the_oldest_queued_up_to_the_free_slots():
+    merges = [
+        merge("running", "Running", jobName="running-g1"),
+        merge("q3", "Queued", created="2026-01-01T00:00:03Z"),
+        merge("q1", "Queued", created="2026-01-01T00:00:01Z"),
+        merge("q2", "Queued", created="2026-01-01T00:00:02Z"),
+        merge("other", "Queued", main="s3://lake/other"),
+        merge("done", "Succeeded", jobName="done-g1"),
+    ]
+    assert reconcile.next_in_line(merges, 1) == {("ns", "other")}
+    assert reconcile.next_in_line(merges, 3) == {("ns", "q1"), ("ns", "q2"), ("ns", "other")}
+    only = reconcile.next_in_line(merges, 2, only=reconcile.main_key("s3://lake/main"))
+    assert only == {("ns", "q1")}
+    assert reconcile.fleet_counts(merges) == {"s3://lake/main": (3, 1), "s3://lake/other": (1, 0)}
+
+
+def test_a_finished_merge_is_due_ttl_seconds_after_it_finished():
+    finished = merge("m", "Succeeded", completionTime="2026-01-01T00:10:00Z")
+    assert reconcile.expiry(finished) is None  # no TTL: kept
+    finished["spec"]["ttlSecondsAfterFinished"] = 30
+    assert reconcile.expiry(finished) == datetime(2026, 1, 1, 0, 10, 30, tzinfo=UTC)
+    running = merge("r", "Running")
+    running["spec"]["ttlSecondsAfterFinished"] = 0
+    assert reconcile.expiry(running) is None
+    failed_on_spec = merge(
+        "f",
+        "Failed",
+        conditions=[{"type": "Succeeded", "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+    )
+    failed_on_spec["spec"]["ttlSecondsAfterFinished"] = 0
+    assert reconcile.expiry(failed_on_spec) == datetime(2026, 1, 1, tzinfo=UTC)
