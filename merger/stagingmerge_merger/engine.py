@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Protocol
+from urllib.parse import unquote
 
 import pyarrow as pa
 import structlog
@@ -296,8 +297,9 @@ class _Merge:
         assert shard is not None
         names = list(self.req.keys)
         ledger = shards.Ledger(self.prefix, staging.version, shard)
+        dry = self.req.dry_run  # records nothing: every shard must find the same cuts alone
         cuts, self.plan_id = ledger.agree_on(
-            shards.cut_points(sample, names, shard.count), record=not self.req.dry_run
+            shards.cut_points(sample, names, shard.count, exact=dry), record=not dry
         )
         span = shards.span_of(cuts, names, shard)
         inside = keyspace.within(sample, names, span)
@@ -470,7 +472,7 @@ class _Merge:
             inserted = pa.concat_tables(written) if written else planned.key_schema.empty_table()
             late = committed - seen - 1  # other writers' commits after the catch-up
             repaired = 0
-            if late > 0:
+            if late > 0 and self._late_files_may_hold(inserted, boxes, planned, committed):
                 repaired = self._repair(inserted, planned.key_types, planned.key_schema, committed)
             elif self.main is not None:  # nobody else committed: main is known up to ours
                 seen = committed
@@ -520,6 +522,40 @@ class _Merge:
             keys_taken=merged.num_rows - taken.num_rows,
         )
         return merged
+
+    def _late_files_may_hold(
+        self, inserted: pa.Table, boxes: list[mainfiles.Box], planned: _Plan, committed: int
+    ) -> bool:
+        """Whether the commits that landed between our catch-up and our commit `committed`
+        may hold a key we just inserted: only the files they added (from the Delta log,
+        those whose statistics overlap the span's ranges) are read. False lets the commit
+        skip the repair's scan of main's key ranges; True (or anything unreadable) repairs.
+        Concurrent merges of disjoint keys (the shards of one merge) thus never rescan main."""
+        assert self.main is not None
+        earlier = self.files
+        if earlier is None or inserted.num_rows == 0:
+            return bool(inserted.num_rows > 0)
+        now = MainFiles.of(self.main, self.req.keys, known=earlier)
+        ours = now.added_by(committed)
+        if ours is None or now.version != committed:
+            return True
+        touched = {f.path for f in now.touched(boxes)}
+        late = [
+            f for f in now.added_since(earlier) if f.path in touched and unquote(f.path) not in ours
+        ]
+        found = now.keys_of(late, planned.key_schema)
+        if found is None:
+            return True
+        self.metrics.main_files_caught_up += len(late)
+        clash = keysets.semi_join(inserted, found, self.req.keys) if found.num_rows else found
+        log.info(
+            "other writers committed during the batch; read only their files",
+            main=str(self.req.main),
+            version=committed,
+            files=len(late),
+            keys_in_common=clash.num_rows,
+        )
+        return bool(clash.num_rows > 0)
 
     def _count_without_commits(self, tally: selection.SpanTally, new: int) -> None:
         """A dry run, or a span with nothing new: the batches a real run would make."""

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from .plan import quote_ident, sql_literal
 
@@ -115,12 +116,29 @@ def split_by_spans(keys: pa.Table, names: Sequence[str], spans: Sequence[Span]) 
 
 
 def within(keys: pa.Table, names: Sequence[str], span: Span) -> pa.Table:
-    """The key columns of the rows of `keys` inside `span`, sorted."""
-    ordered = keys.select(list(names)).sort_by([(n, "ascending") for n in names])
-    rows = _Rows(ordered, names)
-    start = 0 if span.low is None else bisect.bisect_left(rows, span.low)
-    stop = len(rows) if span.high is None else bisect.bisect_left(rows, span.high, start)
-    return ordered.slice(start, max(0, stop - start))
+    """The key columns of the rows of `keys` inside `span` (in their order)."""
+    table = keys.select(list(names))
+    if span.low is None and span.high is None:
+        return table
+    mask = None
+    if span.low is not None:
+        mask = pc.invert(_before(table, names, span.low))
+    if span.high is not None:
+        below = _before(table, names, span.high)
+        mask = below if mask is None else pc.and_(mask, below)
+    return table.filter(mask)
+
+
+def _before(table: pa.Table, names: Sequence[str], bound: KeyTuple) -> pa.ChunkedArray:
+    """Row by row, key < bound lexicographically (vectorised; keys hold no NULL)."""
+    result = None
+    for depth in range(len(names) - 1, -1, -1):
+        column = table[names[depth]]
+        value = pa.scalar(bound[depth], column.type)
+        less = pc.less(column, value)
+        result = less if result is None else pc.or_(less, pc.and_(pc.equal(column, value), result))
+    assert result is not None
+    return result
 
 
 class _Rows(Sequence[KeyTuple]):

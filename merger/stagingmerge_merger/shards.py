@@ -81,10 +81,23 @@ def shard_from_environment(count: int, environ: dict[str, str] | None = None) ->
 # --- the plan (pure) ------------------------------------------------------------------
 
 
-def cut_points(sample: pa.Table, names: Sequence[str], count: int) -> pa.Table:
-    """The N-1 cut points of `count` shards: the sample's keys at ranks j*len/N, sorted
-    and non-decreasing (equal neighbours leave an empty shard between them)."""
-    ordered = sample.select(list(names)).sort_by([(n, "ascending") for n in names])
+CUT_SAMPLE = 65_536  # keys sorted to place the cuts (within a few per mille of balance)
+
+
+def cut_points(sample: pa.Table, names: Sequence[str], count: int, exact: bool = False) -> pa.Table:
+    """The N-1 cut points of `count` shards: keys at ranks j*len/N of the sample, sorted
+    and non-decreasing (equal neighbours leave an empty shard between them).
+
+    Unless `exact`, the ranks are taken in an evenly spaced subsample of CUT_SAMPLE keys
+    (sorting a million keys costs more than the shard's whole plan otherwise); which keys
+    those are depends on the order the sample was read in, so the cuts are agreed on by
+    recording them (Ledger.agree_on). `exact` sorts the whole sample: for an exact sample
+    (every key), the same cuts in every process without a record (a dry run)."""
+    keys = sample.select(list(names))
+    if not exact and keys.num_rows > CUT_SAMPLE:
+        step = keys.num_rows / CUT_SAMPLE
+        keys = keys.take(pa.array([int(i * step) for i in range(CUT_SAMPLE)], pa.int64()))
+    ordered = keys.sort_by([(n, "ascending") for n in names])
     if count <= 1 or ordered.num_rows == 0:
         return ordered.slice(0, 0)
     ranks = [min(ordered.num_rows - 1, (j * ordered.num_rows) // count) for j in range(1, count)]

@@ -74,3 +74,33 @@ def test_the_shard_index_of_an_indexed_job_comes_from_its_environment():
     assert str(shards.parse_shard(" 0/2 ")) == "0/2"
     with pytest.raises(InvalidInputError, match="JOB_COMPLETION_INDEX"):
         shards.shard_from_environment(4, {})
+
+
+def test_within_is_the_span_predicate_row_by_row():
+    rng = random.Random(7)
+    table = pa.table(
+        {
+            "a": pa.array([rng.choice("xyz") for _ in range(3000)]),
+            "b": pa.array([rng.randrange(5) for _ in range(3000)], pa.int64()),
+            "c": pa.array([rng.randrange(50) for _ in range(3000)], pa.int32()),
+        }
+    )
+    names = ["a", "b", "c"]
+    rows = [tuple(r.values()) for r in table.to_pylist()]
+    for span in [
+        Span(("x", 2, 10), ("y", 1, 0)),
+        Span(None, ("y", 0, 5)),
+        Span(("z", 4, 49), None),
+    ]:
+        got = sorted(tuple(r.values()) for r in keyspace.within(table, names, span).to_pylist())
+        assert got == sorted(r for r in rows if in_span(r, span))
+
+
+def test_cuts_of_a_large_sample_come_from_a_subsample_and_stay_balanced():
+    pairs = [(f"log{i % 3}", i) for i in range(200_000)]
+    cuts = shards.cut_points(keys(pairs), NAMES, 4)
+    spans = [shards.span_of(cuts, NAMES, shards.Shard(i, 4)) for i in range(4)]
+    sizes = [keyspace.within(keys(pairs), NAMES, span).num_rows for span in spans]
+    assert sum(sizes) == len(pairs) and max(sizes) < 1.02 * len(pairs) / 4
+    exact = shards.cut_points(keys(list(reversed(pairs))), NAMES, 4, exact=True)
+    assert exact.equals(shards.cut_points(keys(pairs), NAMES, 4, exact=True))

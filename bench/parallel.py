@@ -1,0 +1,172 @@
+"""Parallel benchmark: one merge as N shard processes, the way an Indexed Job runs them.
+
+    python bench/parallel.py [--main-rows 10000000] [--staging-rows 1000000] [--shards 1,2]
+
+Data: the scale benchmark's (bench/scale.py, cached under bench/data/): a narrow main of
+`--main-rows` rows as a live writer leaves it (40 logs interleaved in every file, day
+partitions, checkpointed), optionally its clustered copy, and one log's backfill of
+`--staging-rows` rows, half already in main. For each N, the N processes
+`stagingmerge-merge --shard i/N --keep-staging --batch-rows 250000` start together on a
+fresh copy of main (the files a run added are removed after it); reported: the wall time
+from the first start to the last exit, each shard's wall and CPU time (user + system,
+from wait4) and peak RSS. Each configuration runs `--repeat` times, alternating N, and
+the median run is kept. Results go to bench/results/parallel.json.
+
+Two ways of sharing the machine's cores (`--cpus`): `shared` lets every process use all of
+them (pods without a CPU limit on one node); `1` pins each process to a core of its own
+(sched_setaffinity), as pods with `limits.cpu: 1` on separate cores would run. The
+processes are started from a fresh `--run` child that imports nothing heavy, so each
+one's peak RSS is its own (a forked child's ru_maxrss starts at its parent's size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from run import machine, restore, snapshot  # noqa: E402 - bench/ is not a package
+from scale import clustered_copy, generate_main, generate_staging  # noqa: E402
+
+RESULTS = HERE / "results"
+MERGE = Path(sys.executable).with_name("stagingmerge-merge")
+
+
+def run_shards(main: Path, staging: Path, count: int, pinned: bool) -> dict[str, object]:
+    """All `count` shards at once; their timings, and the merge's summed counts."""
+    shutil.rmtree(staging / "_stagingmerge", ignore_errors=True)  # plan afresh every run
+    before = snapshot(main)
+    cores = sorted(os.sched_getaffinity(0))
+    started = time.monotonic()
+    pending = {}
+    for index in range(count):
+        shard = ["--shard", f"{index}/{count}"] if count > 1 else []
+        core = {cores[index % len(cores)]}
+        proc = subprocess.Popen(
+            [str(MERGE), "--main", str(main), "--staging", str(staging), "--keep-staging",
+             "--batch-rows", "250000", "--log-format", "json", "--metrics-file", os.devnull,
+             *shard],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            preexec_fn=(lambda core=core: os.sched_setaffinity(0, core)) if pinned else None,
+        )  # fmt: skip
+        pending[proc.pid] = (time.monotonic(), proc)
+    shards = []
+    while pending:
+        pid, status, usage = os.wait4(-1, 0)
+        if pid not in pending:
+            continue
+        began, proc = pending.pop(pid)
+        ended = time.monotonic()
+        out = proc.stdout.read() if proc.stdout else ""
+        metrics = json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
+        shards.append(
+            {
+                "exit_code": os.waitstatus_to_exitcode(status),
+                "seconds": round(ended - began, 2),
+                "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2),
+                "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
+                "shard": metrics.get("shard"),
+                "inserted": metrics.get("inserted"),
+                "staging_rows": metrics.get("staging_rows"),
+                "main_key_bytes_read": metrics.get("main_key_bytes_read"),
+            }
+        )
+    wall = time.monotonic() - started
+    restore(main, before)
+    shards.sort(key=lambda s: str(s["shard"]))
+    return {
+        "shards": count,
+        "cpus": "1 per process" if pinned else "shared",
+        "wall_seconds": round(wall, 2),
+        "cpu_seconds": round(sum(float(s["cpu_seconds"]) for s in shards), 2),  # type: ignore[arg-type]
+        "inserted": sum(int(s["inserted"] or 0) for s in shards),  # type: ignore[call-overload]
+        "staging_rows": sum(int(s["staging_rows"] or 0) for s in shards),  # type: ignore[call-overload]
+        "per_shard": shards,
+    }
+
+
+def run_fresh(main: Path, staging: Path, count: int, pinned: bool) -> dict[str, object]:
+    """run_shards in a fresh `--run` process (see the module docstring)."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--run", str(main), str(staging), str(count), str(int(pinned))],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    result: dict[str, object] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--main-rows", type=int, default=10_000_000)
+    parser.add_argument("--staging-rows", type=int, default=1_000_000)
+    parser.add_argument("--shards", default="1,2")
+    parser.add_argument("--layouts", default="unclustered,clustered")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--cpus", default="shared,1", help="shared, 1 (per process), or both")
+    parser.add_argument("--run", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.run:
+        main_path, staging_path, count, pinned = args.run
+        result = run_shards(Path(main_path), Path(staging_path), int(count), pinned == "1")
+        print(json.dumps(result))
+        return
+    unclustered = generate_main(args.main_rows)
+    staging = generate_staging(args.staging_rows)
+    layouts = {"unclustered": unclustered}
+    if "clustered" in args.layouts.split(","):
+        layouts["clustered"] = clustered_copy(unclustered)[0]
+    counts = [int(n) for n in args.shards.split(",")]
+    results = []
+    modes = [mode == "1" for mode in args.cpus.split(",")]
+    for layout, main_path in layouts.items():
+        if layout not in args.layouts.split(","):
+            continue
+        for pinned in modes:
+            runs: dict[int, list[dict[str, object]]] = {n: [] for n in counts}
+            for _ in range(args.repeat):
+                for count in counts:  # alternating, so drift in the machine's load hits both
+                    result = run_fresh(main_path, staging, count, pinned)
+                    failed = [s for s in result["per_shard"] if s["exit_code"] != 0]  # type: ignore[attr-defined]
+                    assert not failed, result
+                    runs[count].append(result)
+                    print(json.dumps({"layout": layout, **result}), flush=True)
+            for found in runs.values():
+                median = statistics.median(float(r["wall_seconds"]) for r in found)  # type: ignore[arg-type]
+                kept = min(found, key=lambda r: abs(float(r["wall_seconds"]) - median))  # type: ignore[arg-type]
+                results.append(
+                    {
+                        "layout": layout,
+                        "main_rows": args.main_rows,
+                        "staging_rows_total": args.staging_rows,
+                        "runs_wall_seconds": [r["wall_seconds"] for r in found],
+                        **kept,
+                    }
+                )
+    RESULTS.mkdir(exist_ok=True)
+    record = {"machine": machine(), "when": time.strftime("%Y-%m-%d"), "results": results}
+    (RESULTS / "parallel.json").write_text(json.dumps(record, indent=2) + "\n")
+    for r in results:
+        single = next(
+            x
+            for x in results
+            if (x["layout"], x["cpus"], x["shards"]) == (r["layout"], r["cpus"], 1)
+        )
+        ratio = float(r["wall_seconds"]) / float(single["wall_seconds"])  # type: ignore[arg-type]
+        print(
+            f"{r['layout']}, cpus {r['cpus']}: N={r['shards']} wall {r['wall_seconds']} s"
+            f" ({ratio:.2f}x N=1), cpu {r['cpu_seconds']} s"
+        )
+
+
+if __name__ == "__main__":
+    main()
