@@ -458,6 +458,8 @@ class _Merge:
                 "stagingmerge.batch": str(self.metrics.batches + 1),
                 "stagingmerge.version": __version__,
             }
+            if self.req.shard is not None:
+                metadata["stagingmerge.shard"] = str(self.req.shard)
             others = 0
             if self.main is not None and self.main.latest_version() > seen:
                 others = self.main.version - seen - len([v for v in ours if v > seen])

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from deltalake import DeltaTable
 
 from tests.e2e.harness import wait_for
 from tests.helpers import ct, expected_union, rows, write
@@ -45,7 +46,14 @@ def test_two_shards_merge_the_union_once_and_a_killed_shard_is_retried_alone(
             "batchRows": 60,
         },
     )
-    wait_for(lambda: Path(f"{pause}.waiting").exists(), timeout=300, what="a shard's first commit")
+    # shard 1's first commit (its commitInfo names the shard): it is held right after it
+    wait_for(
+        lambda: any(
+            commit.get("stagingmerge.shard") == "1/2" for commit in DeltaTable(str(main)).history()
+        ),
+        timeout=300,
+        what="shard 1's first commit",
+    )
     victim = wait_for(
         lambda: next((a for a in runner.attempts_of("wide-g1") if a.index == 1), None),
         timeout=300,
