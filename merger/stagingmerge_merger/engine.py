@@ -474,8 +474,12 @@ class _Merge:
             inserted = pa.concat_tables(written) if written else planned.key_schema.empty_table()
             late = committed - seen - 1  # other writers' commits after the catch-up
             repaired = 0
-            if late > 0 and self._late_files_may_hold(inserted, boxes, planned, committed):
-                repaired = self._repair(inserted, planned.key_types, planned.key_schema, committed)
+            if late > 0:
+                # `seen` stays: the next piece's catch-up takes the keys those commits hold
+                if self._late_files_may_hold(inserted, boxes, planned, committed):
+                    repaired = self._repair(
+                        inserted, planned.key_types, planned.key_schema, committed
+                    )
             elif self.main is not None:  # nobody else committed: main is known up to ours
                 seen = committed
                 self.files = MainFiles.of(self.main, self.req.keys, known=self.files)

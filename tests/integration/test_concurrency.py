@@ -139,3 +139,44 @@ def test_keys_another_writer_added_before_our_commit_are_caught_up_from_its_file
     rows = zip(*(final[c].to_pylist() for c in columns), strict=True)
     kept = {row for row in rows if 20 <= row[1] < 25}
     assert kept == set(zip(*(theirs[c].to_pylist() for c in columns), strict=True))  # theirs
+
+
+def test_keys_another_writer_adds_during_a_commit_are_left_out_of_the_later_batches(tmp_path):
+    """The merge is held right before its first commit (its catch-up done); another writer
+    then appends the new staged keys of the later batches. The first commit lands after
+    theirs and needs no repair (none of its keys are theirs), and the later batches,
+    catching up, insert none of theirs: each key ends in main once, theirs kept.
+
+    Staging is one file in key order, so the first batch is its first 20 new keys (a
+    span's rows stream in file order)."""
+    main, staging = tmp_path / "main", tmp_path / "staging"
+    write(main, ct([0, 1] * 10, [i // 2 for i in range(20)], seed=1))  # indexes 0-9
+    write(staging, ct([0] * 40 + [1] * 40, [*range(40), *range(40)], seed=2))
+    pause = tmp_path / "pause"
+    proc = subprocess.Popen(
+        [CLI, "--log-format", "json", "--main", str(main), "--staging", str(staging),
+         "--batch-rows", "20"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "STAGINGMERGE_PAUSE": f"batch-before-commit:{pause}"},
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not Path(f"{pause}.waiting").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "the merge never paused"
+        time.sleep(0.05)
+    theirs = [(0, i) for i in range(30, 40)] + [(1, i) for i in range(10, 40)]  # batches 2-3
+    write(main, ct([k[0] for k in theirs], [k[1] for k in theirs], seed=77))
+    Path(f"{pause}.go").touch()
+    out, err = proc.communicate(timeout=300)
+
+    assert proc.returncode == 0, err[-3000:]
+    m = json.loads(out.strip().splitlines()[-1])
+    keys = keys_of(main)
+    assert len(keys) == len(set(keys)) == 80
+    assert (m["inserted"], m["duplicates_repaired"]) == (20, 0)
+    url = {i: u for i, (_, u) in enumerate(LOGS)}
+    inserted = (
+        set(keys)
+        - {(url[log], i) for log, i in theirs}
+        - {(url[log], i) for log in (0, 1) for i in range(10)}
+    )
+    assert inserted == {(url[0], i) for i in range(10, 30)}  # the first batch: ours
