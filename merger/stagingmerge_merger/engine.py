@@ -484,7 +484,8 @@ class _Merge:
                 seen = committed
                 self.files = MainFiles.of(self.main, self.req.keys, known=self.files)
             held = replace(
-                tally.piece(inserted.num_rows),
+                # a repaired key's copy is theirs now: ours counts as already in main
+                tally.piece(inserted.num_rows - repaired),
                 version=committed,
                 concurrent_commits=others + max(0, late),
                 repaired=repaired,

@@ -6,6 +6,7 @@ on the merge's concurrent-writer guard. And finished objects collected by their 
 from __future__ import annotations
 
 from collections import defaultdict
+from pathlib import Path
 from urllib.request import urlopen
 
 import pytest
@@ -16,6 +17,12 @@ from tests.helpers import ct, key_list, rows, write
 pytestmark = pytest.mark.e2e
 MAINS, PER_MAIN, LIMIT = 5, 10, 2
 SPAN, STEP = 30, 15  # staging j of a main holds positions [j*STEP, j*STEP + SPAN)
+ALL = [(m, j) for m in range(MAINS) for j in range(PER_MAIN)]
+
+
+def phase(kubectl, name: str) -> str | None:
+    status = (kubectl.get(name) or {}).get("status") or {}
+    return status.get("phase")
 
 
 def scrape(port: int) -> str:
@@ -38,7 +45,7 @@ def peak_concurrency(intervals: list[tuple[float, float]]) -> int:
 
 @pytest.mark.timeout(1200)  # 50 merge processes and an operator on 2 shared cores
 def test_fifty_merges_for_five_mains_end_exactly_and_respect_the_limit(
-    cluster, kubectl, runner, tmp_path
+    cluster, kubectl, runner, tmp_path, monkeypatch
 ):
     universes, mains = [], []
     for m in range(MAINS):
@@ -51,6 +58,10 @@ def test_fifty_merges_for_five_mains_end_exactly_and_respect_the_limit(
         mains.append(main)
         for j in range(PER_MAIN):
             write(tmp_path / f"staging-{m}-{j}", universe.slice(j * STEP, SPAN))
+    # every merge holds before its first commit until the test lets them go: the first
+    # ones then have to be running side by side, whatever the machine's speed
+    pause = tmp_path / "hold"
+    monkeypatch.setenv("STAGINGMERGE_PAUSE", f"batch-start:{pause}")
     operator = Operator(cluster, tmp_path, STAGINGMERGE_MAX_CONCURRENT_PER_MAIN=str(LIMIT)).start()
     try:
         for j in range(PER_MAIN):  # interleaved, as an automation would apply them
@@ -63,11 +74,21 @@ def test_fifty_merges_for_five_mains_end_exactly_and_respect_the_limit(
                         "batchRows": 10,
                     },
                 )
-        wait_for(
-            lambda: "stagingmerge_merges_queued{main=" in scrape(operator.metrics_port),
-            timeout=300,
-            what="the queued gauge",
+        held = wait_for(
+            lambda: (
+                alive
+                if len(alive := runner.running()) == MAINS * LIMIT
+                and sum(phase(kubectl, f"fill-{m}-{j}") == "Queued" for m, j in ALL)
+                == len(ALL) - MAINS * LIMIT
+                else None
+            ),
+            timeout=600,
+            what=f"{LIMIT} merges running per main, the rest queued",
         )
+        assert sorted({a.main for a in held}) == sorted({a.main for a in runner.attempts})
+        queued = f'stagingmerge_merges_queued{{main="{mains[0]}"}} {PER_MAIN - LIMIT:.1f}'
+        wait_for(lambda: queued in scrape(operator.metrics_port), timeout=300, what=queued)
+        Path(f"{pause}.go").touch()
         for m in range(MAINS):
             for j in range(PER_MAIN):
                 assert kubectl.wait(f"fill-{m}-{j}", "True", timeout=900)["reason"] == "Merged"

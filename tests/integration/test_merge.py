@@ -331,6 +331,8 @@ class TestConcurrentWriters:
         keys = key_list(main)
         assert len(keys) == len(set(keys)) == 8  # log 0: 0..6, log 1: 0
         assert (m.concurrent_commits, m.duplicates_repaired) == (1, 1)
+        # their copy of key 5 stays: ours counts as already in main, not as inserted
+        assert (m.inserted, m.skipped_existing, m.staging_rows) == (3, 1, 4)
         row = next(r for r in rows(main).to_pylist() if r["cert_index"] == 5)
         assert row["sha256"] == live["sha256"][0].as_py()
 
