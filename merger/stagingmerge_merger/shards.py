@@ -139,8 +139,9 @@ def decode_cuts(data: bytes, schema: pa.Schema) -> pa.Table:
     table = pa.ipc.open_stream(data).read_all()
     if table.schema.names != schema.names:
         raise InvalidInputError(
-            f"the recorded shard plan has keys {table.schema.names}, this run {schema.names}:"
-            " rerun with the same --keys"
+            f"the shard plan recorded in staging's {SHARDS_DIR}/ has keys"
+            f" {','.join(table.schema.names)}, this run {','.join(schema.names)}: rerun with"
+            f" --keys {','.join(table.schema.names)}, or delete {SHARDS_DIR}/ to plan afresh"
         )
     return table.cast(schema)
 

@@ -29,7 +29,13 @@ SUMMED = (
     "main_key_bytes_read",
     "main_files_caught_up",
 )
-OUTCOME_ORDER = ("failed", "invalid_input", "staging_changed", "interrupted", "running")
+OUTCOME_ORDER = (
+    "invalid_input",
+    "failed",
+    "staging_changed",
+    "interrupted",
+    "running",
+)  # first wins
 
 
 def parse_indexes(text: str | None) -> frozenset[int]:

@@ -124,3 +124,25 @@ def test_shards_that_keep_failing_fail_the_merge_and_a_new_generation_finishes_i
     assert rows(main).equals(expected_union(main_rows, staging_rows))
     assert not staging.exists()
     assert kubectl.get("flaky")["status"]["progress"] == "2/2 shards"
+
+
+def test_bad_input_in_a_parallel_merge_fails_it_at_once_as_invalid_input(
+    kubectl, operator, runner, tmp_path
+):
+    main, staging = tmp_path / "main", tmp_path / "staging"
+    write(main, ct([0], [0]))
+    write(staging, ct([0, 1], [1, 2]).drop_columns(["chain"]))  # schema mismatch: exit 2
+    kubectl.apply(
+        "bad",
+        {
+            "main": {"uri": str(main)},
+            "staging": {"uri": str(staging)},
+            "parallelism": 2,
+            "backoffLimit": 3,
+        },
+    )
+    condition = kubectl.wait("bad", "False", timeout=300)
+    assert condition["reason"] == "InvalidInput"
+    assert "main has columns staging lacks: chain" in condition["message"]
+    assert all(a.number == 1 for a in runner.attempts_of("bad-g1"))  # exit 2: never retried
+    assert staging.exists() and rows(main).num_rows == 1
