@@ -134,6 +134,9 @@ class Outcome:
 
 
 def outcome_of(job: JobState, metrics: Mapping[str, Any] | None) -> Outcome:
+    if job.finished and job.succeeded and (metrics or {}).get("outcome") == "staging_changed":
+        # shards that each succeeded, on different versions of staging: not a whole merge
+        return Outcome(FAILED, R_MERGE_FAILED, str((metrics or {}).get("error")))
     if job.finished and job.succeeded:
         m = metrics or {}
         if m.get("outcome") == "nothing_to_merge":

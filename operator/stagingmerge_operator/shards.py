@@ -69,6 +69,17 @@ def sum_metrics(per_shard: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None
     afters = [m["main_version_after"] for m in per_shard if m.get("main_version_after") is not None]
     outcomes = [str(m.get("outcome")) for m in per_shard]
     errors = [str(m["error"]) for m in per_shard if m.get("error")]
+    versions = sorted(
+        {int(m["staging_version"]) for m in per_shard if m.get("staging_version") is not None}
+    )
+    if len(versions) > 1:  # a writer added to staging while the shards ran
+        outcomes.append("staging_changed")
+        errors.insert(
+            0,
+            f"staging changed during the merge (its shards read versions"
+            f" {', '.join(map(str, versions))}): staging is kept; change the spec to run again"
+            " and merge the rest",
+        )
     total.update(
         outcome=_outcome(outcomes),
         main_version_before=min(befores) if befores else None,

@@ -179,3 +179,23 @@ def test_a_large_staging_shards_by_the_first_recorded_plan(store, tmp_path):
     assert all(r.code == 0 for r in rest)
     assert store.rows("main").equals(expected_union(main_rows, staging_rows))
     assert not store.exists("staging") and rest[-1].metrics["staging_deleted"]
+
+
+def test_staging_written_between_shards_is_kept_and_a_rerun_merges_the_rest(store):
+    """Shard 0 merges version v; a writer appends to staging; shard 1 then plans version
+    v+1 afresh. Nobody deletes staging (no version has every shard done), nothing is
+    lost, and running every shard again merges what is left and deletes staging."""
+    main_rows, staging_rows = staged(store, parts=2)
+    first = shard_run(store, "0/2")
+    late = ct([0, 1, 2] * 10, [500 + i // 3 for i in range(30)], seed=99)
+    store.write("staging", late)
+    second = shard_run(store, "1/2")
+    assert first.code == second.code == 0
+    assert first.metrics["staging_version"] != second.metrics["staging_version"]
+    assert not first.metrics["staging_deleted"] and not second.metrics["staging_deleted"]
+    assert store.exists("staging")
+    again = [shard_run(store, f"{i}/2") for i in range(2)]
+    assert all(r.code == 0 for r in again)
+    assert [r.metrics["staging_deleted"] for r in again].count(True) == 1
+    everything = pa.concat_tables([staging_rows, late])
+    assert store.rows("main").equals(expected_union(main_rows, everything))

@@ -75,6 +75,16 @@ def test_the_worst_shard_outcome_is_the_merge_outcome():
     )
 
 
+def test_shards_that_read_different_versions_of_staging_are_not_a_whole_merge():
+    total = shards.sum_metrics([shard_metrics(staging_version=3), shard_metrics(staging_version=4)])
+    assert total is not None and total["outcome"] == "staging_changed"
+    assert "shards read versions 3, 4" in total["error"]
+    done = c.job_state(indexed_job(succeeded=3, completedIndexes="0-2", conditions=[
+        {"type": "Complete", "status": "True"}]))  # fmt: skip
+    outcome = c.outcome_of(done, total)
+    assert outcome.phase == "Failed" and "change the spec to run again" in outcome.message
+
+
 def test_shard_lines_follow_the_job_and_the_pods():
     lines = shards.shard_statuses(
         4,
