@@ -290,7 +290,7 @@ class Kube:
                 by_index.setdefault(pod.index, []).append(pod)
         result = {}
         for index, pods in by_index.items():
-            latest = max(pods, key=lambda p: p.order)
+            latest = max(pods, key=lambda p: (p.order[1], p.order[0]))  # the newest pod
             ended = [p for p in pods if p.terminated]
             best = max(ended, key=lambda p: (p.phase == "Succeeded", *p.order)) if ended else None
             result[index] = ShardPod(latest.phase, best.message if best else None)
