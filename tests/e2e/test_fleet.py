@@ -12,6 +12,7 @@ from urllib.request import urlopen
 import pytest
 
 from tests.e2e.harness import Operator, wait_for
+from tests.e2e.test_operator import spec_for
 from tests.helpers import ct, key_list, rows, write
 
 pytestmark = pytest.mark.e2e
@@ -66,14 +67,8 @@ def test_fifty_merges_for_five_mains_end_exactly_and_respect_the_limit(
     try:
         for j in range(PER_MAIN):  # interleaved, as an automation would apply them
             for m in range(MAINS):
-                kubectl.apply(
-                    f"fill-{m}-{j}",
-                    {
-                        "main": {"uri": str(mains[m])},
-                        "staging": {"uri": str(tmp_path / f"staging-{m}-{j}")},
-                        "batchRows": 10,
-                    },
-                )
+                staging = tmp_path / f"staging-{m}-{j}"
+                kubectl.apply(f"fill-{m}-{j}", spec_for(mains[m], staging, batchRows=10))
         held = wait_for(
             lambda: (
                 alive
@@ -130,23 +125,10 @@ def test_finished_merges_are_deleted_after_their_ttl_with_their_jobs(
     for name in ("keep", "expire", "expire-bad"):
         write(tmp_path / name, ct([0] * 3, range(3, 6), seed=2))
     write(tmp_path / "bad", ct([0], [9]).drop_columns(["chain"]))
-    kubectl.apply("keep", {"main": {"uri": str(main)}, "staging": {"uri": str(tmp_path / "keep")}})
-    kubectl.apply(
-        "expire",
-        {
-            "main": {"uri": str(main)},
-            "staging": {"uri": str(tmp_path / "expire")},
-            "ttlSecondsAfterFinished": 0,
-        },
-    )
-    kubectl.apply(
-        "expire-bad",  # a failed merge expires too
-        {
-            "main": {"uri": str(main)},
-            "staging": {"uri": str(tmp_path / "bad")},
-            "ttlSecondsAfterFinished": 0,
-        },
-    )
+    kubectl.apply("keep", spec_for(main, tmp_path / "keep"))
+    kubectl.apply("expire", spec_for(main, tmp_path / "expire", ttlSecondsAfterFinished=0))
+    # a failed merge expires too
+    kubectl.apply("expire-bad", spec_for(main, tmp_path / "bad", ttlSecondsAfterFinished=0))
     assert kubectl.wait("keep", "True", timeout=300)["reason"] == "Merged"
     wait_for(
         lambda: kubectl.get("expire") is None and kubectl.get("expire-bad") is None,

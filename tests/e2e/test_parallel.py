@@ -12,6 +12,7 @@ import pytest
 from deltalake import DeltaTable
 
 from tests.e2e.harness import wait_for
+from tests.e2e.test_operator import spec_for
 from tests.helpers import ct, expected_union, rows, write
 
 pytestmark = pytest.mark.e2e
@@ -37,15 +38,7 @@ def test_two_shards_merge_the_union_once_and_a_killed_shard_is_retried_alone(
     pause = tmp_path / "pause"
     # every shard holds after its first commit; the test kills shard 1 there
     monkeypatch.setenv("STAGINGMERGE_PAUSE", f"batch-after-commit:{pause}")
-    kubectl.apply(
-        "wide",
-        {
-            "main": {"uri": str(main)},
-            "staging": {"uri": str(staging)},
-            "parallelism": 2,
-            "batchRows": 60,
-        },
-    )
+    kubectl.apply("wide", spec_for(main, staging, parallelism=2, batchRows=60))
     # shard 1's first commit (its commitInfo names the shard): it is held right after it
     wait_for(
         lambda: any(
@@ -102,13 +95,7 @@ def test_shards_that_keep_failing_fail_the_merge_and_a_new_generation_finishes_i
     (the retry a user makes) runs generation 2, which merges everything."""
     main, staging, main_rows, staging_rows = tables(tmp_path)
     monkeypatch.setenv("STAGINGMERGE_FAILPOINT", "batch-start")
-    spec = {
-        "main": {"uri": str(main)},
-        "staging": {"uri": str(staging)},
-        "parallelism": 2,
-        "backoffLimit": 1,
-    }
-    kubectl.apply("flaky", spec)
+    kubectl.apply("flaky", spec_for(main, staging, parallelism=2, backoffLimit=1))
     condition = kubectl.wait("flaky", "False", timeout=600)
     assert condition["reason"] == "MergeFailed"
     assert "shard(s) 0,1 of 2 failed" in condition["message"]
@@ -132,15 +119,7 @@ def test_bad_input_in_a_parallel_merge_fails_it_at_once_as_invalid_input(
     main, staging = tmp_path / "main", tmp_path / "staging"
     write(main, ct([0], [0]))
     write(staging, ct([0, 1], [1, 2]).drop_columns(["chain"]))  # schema mismatch: exit 2
-    kubectl.apply(
-        "bad",
-        {
-            "main": {"uri": str(main)},
-            "staging": {"uri": str(staging)},
-            "parallelism": 2,
-            "backoffLimit": 3,
-        },
-    )
+    kubectl.apply("bad", spec_for(main, staging, parallelism=2, backoffLimit=3))
     condition = kubectl.wait("bad", "False", timeout=300)
     assert condition["reason"] == "InvalidInput"
     assert "main has columns staging lacks: chain" in condition["message"]

@@ -310,13 +310,13 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             return  # kmock answers 404
         found = self.objects[key]
         meta = found.raw.get("metadata") or {}
-        for field, value in (("uid", "uid"), ("resourceVersion", "resourceVersion")):
-            if wanted.get(field) is not None and wanted[field] != meta.get(value):
+        for field in ("uid", "resourceVersion"):
+            if wanted.get(field) is not None and wanted[field] != meta.get(field):
                 raise KubernetesError(
                     status=409,
                     reason="Conflict",
                     message=f"Precondition failed: {field} in precondition: {wanted[field]},"
-                    f" {field} in object meta: {meta.get(value)}",
+                    f" {field} in object meta: {meta.get(field)}",
                 )
 
     def _prepare_update(self, request: rendering.Request) -> rendering.Request:
