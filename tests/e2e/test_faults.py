@@ -7,7 +7,7 @@ import pytest
 from kmock._internal import enums
 
 from tests.e2e.emulator.cluster import OPERATOR_TOKEN, Fault
-from tests.e2e.harness import Operator
+from tests.e2e.harness import Operator, wait_for
 from tests.helpers import ct, key_list, write
 
 pytestmark = pytest.mark.e2e
@@ -79,12 +79,18 @@ def test_job_events_are_selected_by_the_server_and_survive_410(cluster, kubectl,
     cluster.inject(Fault(on(enums.action.WATCH, "jobs"), times=2, status=410))
     operator = Operator(cluster, tmp_path, STAGINGMERGE_QUEUE_POLL_SECONDS="3600").start()
     try:
+        # both 410s before the merge exists: only a watch that listed again can see its Job
+        # (a merge this small can end between the first 410 and the second)
+        wait_for(
+            lambda: all(f.times == 0 for f in cluster.emulator.faults),
+            timeout=120,
+            what="the Job watch to be sent 410 Gone twice",
+        )
         kubectl.apply("watched", {"main": {"uri": str(main)}, "staging": {"uri": str(staging)}})
         condition = kubectl.wait("watched", "True", timeout=120)
     finally:
         operator.stop()
     assert condition["reason"] == "Merged" and len(key_list(main)) == 6
-    assert all(f.times == 0 for f in cluster.emulator.faults), "the 410s were served"
     job_reads = [
         r
         for r in cluster.emulator.served
