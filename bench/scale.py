@@ -9,8 +9,10 @@ in arrival order in every 500 K-row file, each log at its own height of cert_ind
 positions [0, S)); main already holds every other one of those, so half of staging is
 new. The clustered layout is a copy of main after `stagingmerge-cluster --skip-newest 0`.
 
-Contenders, each a child of a fresh `scale.py --one` process (its peak RSS and I/O are
-the child's; /proc/self/io counts reaped children):
+Each contender runs --repeat times (default 3, contenders interleaved); the run of median
+wall time is reported, with every run's time. Contenders, each a child of a fresh
+`scale.py --one` process (its peak RSS and I/O are the child's; /proc/self/io counts
+reaped children):
   stagingmerge  the merge CLI (--keep-staging, --batch-rows 250000, default options)
   append        the limit: read staging, append the rows known to be new (an oracle)
   keyscan       one bare scan of main's key columns through delta-rs (the I/O floor of
@@ -269,6 +271,7 @@ def main() -> None:
     parser.add_argument("--staging-rows", default="200000,1000000")
     parser.add_argument("--contenders", default="stagingmerge,append,keyscan")
     parser.add_argument("--layouts", default="unclustered,clustered")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per contender (median)")
     parser.add_argument(
         "--one", nargs=3, metavar=("NAME", "MAIN", "STAGING"), help=argparse.SUPPRESS
     )
@@ -296,14 +299,22 @@ def main() -> None:
             key_bytes = key_column_bytes(main)
             for staging_rows in [int(x) for x in args.staging_rows.split(",")]:
                 staging = generate_staging(staging_rows)
-                for name in args.contenders.split(","):
-                    if name == "keyscan" and staging_rows != int(args.staging_rows.split(",")[0]):
-                        continue  # independent of staging: once per main and layout
-                    out = subprocess.run(
-                        [sys.executable, __file__, "--one", name, str(main), str(staging)],
-                        check=True, capture_output=True, text=True,
-                    )  # fmt: skip
-                    result = json.loads(out.stdout.strip().splitlines()[-1])
+                names = [
+                    name
+                    for name in args.contenders.split(",")
+                    # the key scan is independent of staging: once per main and layout
+                    if name != "keyscan" or staging_rows == int(args.staging_rows.split(",")[0])
+                ]
+                runs: dict[str, list[dict[str, object]]] = {name: [] for name in names}
+                for _ in range(args.repeat):  # contenders interleaved: drift hits them alike
+                    for name in names:
+                        out = subprocess.run(
+                            [sys.executable, __file__, "--one", name, str(main), str(staging)],
+                            check=True, capture_output=True, text=True,
+                        )  # fmt: skip
+                        runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
+                for name in names:
+                    result = median_run(runs[name])
                     result.update(
                         main_rows=main_rows,
                         staging_rows=staging_rows if name != "keyscan" else None,
@@ -320,6 +331,14 @@ def main() -> None:
                     print(json.dumps(result), flush=True)
                     record.update(machine=machine(), when=time.strftime("%Y-%m-%d"))
                     path.write_text(json.dumps(record, indent=2) + "\n")
+
+
+def median_run(runs: list[dict[str, object]]) -> dict[str, object]:
+    """The run of median wall time (its own bytes, RSS and batches), with every run's time."""
+    ordered = sorted(runs, key=lambda r: float(r["seconds"]))  # type: ignore[arg-type]
+    chosen = dict(ordered[(len(ordered) - 1) // 2])
+    chosen["runs_seconds"] = [r["seconds"] for r in runs]
+    return chosen
 
 
 if __name__ == "__main__":

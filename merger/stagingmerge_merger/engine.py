@@ -380,7 +380,7 @@ class _Merge:
             keys = staging.scan(names, where)
         ranges = keysets.key_ranges(keys, names)  # per prefix: the same with or without copies
         predicate = plan.range_predicate(names, planned.key_types, ranges)
-        counted: tuple[pa.Table, pa.Table] | None = None
+        counted: keysets.Counted | None = None
         for attempt in range(1, MAX_COMMIT_ATTEMPTS + 1):
             if self.main is None and attempt > 1:
                 self.main = self._open_main()  # another writer may have created it
@@ -392,19 +392,19 @@ class _Merge:
                     if self.main
                     else None
                 )
-                counted = counted or keysets.distinct_and_repeated(keys, names)
+                counted = counted or keysets.count(keys, names)
                 present = reading.result() if reading else planned.key_schema.empty_table()
-            distinct, repeated = counted
             if attempt == 1:  # one tally across attempts: a retry's "existing" are ours
-                tally = selection.SpanTally(rows=keys.num_rows, distinct=distinct.num_rows)
-            new = keysets.anti_join(distinct, present, names)
+                tally = selection.SpanTally(rows=keys.num_rows, distinct=len(counted))
+            wanted = counted.without(present, names)
+            new = wanted.keys
             if new.num_rows == 0 or self.req.dry_run:
                 self._count_without_commits(tally, new.num_rows)
                 return tally.rows
             rows = selection.rows_to_insert(
                 staging.stream(planned.target.names, where),
-                new,
-                keysets.semi_join(repeated, new, names),
+                wanted,
+                keysets.semi_join(counted.repeated, new, names),
                 names,
                 self.req.first_by,
             )

@@ -17,11 +17,15 @@ import decimal
 import hashlib
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from . import keyindex
+from .keyindex import KeyIndex
 from .plan import KeyRange
 
 POSITION = "__stagingmerge_position"
@@ -41,22 +45,93 @@ def first_occurrences(keys: pa.Table, names: Sequence[str]) -> pa.Table:
     ).select([*names, POSITION])
 
 
+class Members:
+    """A set of distinct keys to test rows against, built once and probed by every record
+    batch: a KeyIndex (sorted integers per prefix) when the keys fit one, else Arrow's
+    hash join, probing each batch with only the keys its last column's range can hold."""
+
+    def __init__(self, keys: pa.Table, names: Sequence[str], index: KeyIndex | None = None) -> None:
+        self.names = list(names)
+        self.keys = keys.select(self.names)
+        self.index = index or (KeyIndex.of(self.keys, names) if keys.num_rows else None)
+        self._narrowing = True  # until a batch shows the rows have no key locality
+
+    def __len__(self) -> int:
+        return int(self.keys.num_rows)
+
+    def mask(self, rows: pa.Table) -> pa.BooleanArray:
+        """For each row of `rows`, whether its key is one of these."""
+        if rows.num_rows == 0 or self.keys.num_rows == 0:
+            return pa.array(np.zeros(rows.num_rows, dtype=bool))
+        if self.index is not None:
+            return pa.array(self.index.contains(rows.select(self.names)))
+        probe = within_last_range(self.keys, rows, self.names) if self._narrowing else self.keys
+        self._narrowing = self._narrowing and probe is not self.keys
+        found = np.zeros(rows.num_rows, dtype=bool)
+        found[positions_in(rows, probe, self.names).to_numpy()] = True
+        return pa.array(found)
+
+
 def anti_join(left: pa.Table, right: pa.Table, names: Sequence[str]) -> pa.Table:
-    """Rows of `left` whose key is not in `right`."""
+    """Rows of `left` whose key is not in `right`, in `left`'s order."""
     if right.num_rows == 0 or left.num_rows == 0:
         return left
-    return left.join(_distinct(right, names), keys=list(names), join_type="left anti")
+    return left.filter(pc.invert(Members(right, names).mask(left)))
 
 
 def semi_join(left: pa.Table, right: pa.Table, names: Sequence[str]) -> pa.Table:
-    """Rows of `left` whose key is in `right`."""
+    """Rows of `left` whose key is in `right`, in `left`'s order."""
     if right.num_rows == 0 or left.num_rows == 0:
         return left.slice(0, 0)
-    return left.join(_distinct(right, names), keys=list(names), join_type="left semi")
+    return left.filter(Members(right, names).mask(left))
+
+
+@dataclass
+class Counted:
+    """A span's staging keys counted: the keys held more than once, and each key once,
+    as a KeyIndex (keys that fit one: the anti-join with main's then needs no table of
+    them) or a table."""
+
+    schema: pa.Schema  # the key columns
+    repeated: pa.Table
+    index: KeyIndex | None = None
+    table: pa.Table | None = None  # each key once (built from the index when asked for)
+
+    @property
+    def distinct(self) -> pa.Table:
+        if self.table is None:
+            assert self.index is not None
+            self.table = self.index.table(self.schema)
+        return self.table
+
+    def __len__(self) -> int:
+        """How many distinct keys."""
+        return len(self.index) if self.index is not None else int(self.distinct.num_rows)
+
+    def without(self, present: pa.Table, names: Sequence[str]) -> Members:
+        """The distinct keys main does not hold (`present`: main's keys in the span)."""
+        if self.index is None:
+            return Members(anti_join(self.distinct, present, names), names)
+        index = self.index.without(present)
+        return Members(index.table(self.schema), names, index)
+
+
+def count(keys: pa.Table, names: Sequence[str]) -> Counted:
+    """`keys` counted (Counted)."""
+    schema = keys.select(list(names)).schema
+    fast = keyindex.counted(keys, names)
+    if fast is not None:
+        return Counted(schema, fast[1], fast[0])
+    distinct, repeated = distinct_and_repeated(keys, names)
+    return Counted(schema, repeated, table=distinct)
 
 
 def distinct_and_repeated(keys: pa.Table, names: Sequence[str]) -> tuple[pa.Table, pa.Table]:
     """(every key once, the keys that occur more than once), key columns only."""
+    fast = keyindex.counted(keys, names)
+    if fast is not None:
+        index, repeated = fast
+        return index.table(keys.select(list(names)).schema), repeated
     counts = (
         keys.select(list(names))
         .group_by(list(names), use_threads=True)
@@ -95,12 +170,6 @@ def within_last_range(keys: pa.Table, rows: pa.Table, names: Sequence[str]) -> p
     if pc.sum(inside).as_py() * 4 > keys.num_rows:
         return keys  # no locality (staging files mixing the key space): not worth a copy
     return keys.filter(inside)
-
-
-def other_positions(count: int, positions: pa.Array) -> pa.Array:
-    """0..count-1 without `positions`."""
-    every = pa.array(range(count), pa.int64())
-    return every.filter(pc.invert(pc.is_in(every, value_set=positions)))
 
 
 def pick_winners(rows: pa.Table, names: Sequence[str], first_by: Sequence[str]) -> pa.Table:
@@ -148,18 +217,9 @@ def _json(value: Any) -> Any:
     return str(value)
 
 
-def _distinct(table: pa.Table, names: Sequence[str]) -> pa.Table:
-    return table.select(list(names)).group_by(list(names), use_threads=True).aggregate([])
-
-
 def repeated_keys(keys: pa.Table, names: Sequence[str]) -> pa.Table:
     """Keys that occur more than once in `keys`."""
-    counts = (
-        keys.select(list(names))
-        .group_by(list(names), use_threads=True)
-        .aggregate([([], "count_all")])
-    )
-    return counts.filter(pc.greater(counts["count_all"], 1)).select(list(names))
+    return distinct_and_repeated(keys, names)[1]
 
 
 def key_ranges(keys: pa.Table, names: Sequence[str]) -> list[KeyRange]:

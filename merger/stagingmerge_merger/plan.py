@@ -323,8 +323,11 @@ def range_predicate(
 ) -> str | None:
     """A predicate that every key in `ranges` satisfies, tight enough to prune files.
 
-    One `prefix = ... AND last BETWEEN low AND high` term per prefix, or, beyond
-    MAX_PREDICATE_GROUPS prefixes, one BETWEEN per key column. None: no keys.
+    One `last BETWEEN low AND high AND prefix = ...` term per prefix, or, beyond
+    MAX_PREDICATE_GROUPS prefixes, one BETWEEN per key column. None: no keys. The last
+    column's range comes first: DataFusion evaluates the rest of a conjunction only on
+    the rows it selects, and an integer range is the cheap test (measured on 100 M
+    unclustered rows: 1.22 s against 1.45 s with the string equality first).
     """
     if not ranges:
         return None
@@ -339,18 +342,16 @@ def range_predicate(
     if len(ranges) <= MAX_PREDICATE_GROUPS:
         terms = []
         for r in ranges:
-            parts = [
+            parts = [between(last, r.low, r.high)] + [
                 f"{quote_ident(c)} = {sql_literal(v, types[c])}"
                 for c, v in zip(prefix_cols, r.prefix, strict=True)
             ]
-            parts.append(between(last, r.low, r.high))
             terms.append(" AND ".join(parts))
         return _or(terms)
-    parts = []
+    parts = [between(last, min(r.low for r in ranges), max(r.high for r in ranges))]
     for i, col in enumerate(prefix_cols):
         values = [r.prefix[i] for r in ranges]
         parts.append(between(col, min(values), max(values)))
-    parts.append(between(last, min(r.low for r in ranges), max(r.high for r in ranges)))
     return " AND ".join(parts)
 
 

@@ -168,8 +168,8 @@ class TestPredicates:
             [KeyRange(("a",), 1, 5), KeyRange(("b",), 7, 7)],
         )
         assert pred == (
-            '("source_url" = \'a\' AND "cert_index" BETWEEN 1 AND 5) OR '
-            '("source_url" = \'b\' AND "cert_index" = 7)'
+            '("cert_index" BETWEEN 1 AND 5 AND "source_url" = \'a\') OR '
+            '("cert_index" = 7 AND "source_url" = \'b\')'
         )
 
     def test_single_key_range(self):
@@ -182,7 +182,7 @@ class TestPredicates:
         ranges = [KeyRange((f"u{i:03}",), i, i + 1) for i in range(plan.MAX_PREDICATE_GROUPS + 1)]
         pred = plan.range_predicate(["source_url", "cert_index"], self.TYPES, ranges)
         assert pred == (
-            "\"source_url\" BETWEEN 'u000' AND 'u064' AND \"cert_index\" BETWEEN 0 AND 65"
+            "\"cert_index\" BETWEEN 0 AND 65 AND \"source_url\" BETWEEN 'u000' AND 'u064'"
         )
 
     def test_no_ranges_no_predicate(self):

@@ -1,6 +1,6 @@
 import pyarrow as pa
 
-from stagingmerge_merger import selection
+from stagingmerge_merger import keysets, selection
 
 
 def batches(rows, size):
@@ -20,7 +20,7 @@ def test_pieces_cut_a_stream_into_commits_of_at_most_n_rows():
 
 def test_rows_to_insert_keeps_new_keys_once_with_the_winning_copy():
     rows = pa.table({"k": pa.array([1, 2, 2, 3, 4], pa.int64()), "v": ["a", "z", "b", "c", "d"]})
-    new = pa.table({"k": pa.array([2, 3], pa.int64())})
+    new = keysets.Members(pa.table({"k": pa.array([2, 3], pa.int64())}), ["k"])
     repeated = pa.table({"k": pa.array([2], pa.int64())})
     out = pa.Table.from_batches(
         list(selection.rows_to_insert(iter(rows.to_batches(2)), new, repeated, ["k"], ["v"]))
