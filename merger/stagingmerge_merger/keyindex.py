@@ -7,8 +7,8 @@ hash table. Membership of a batch of rows is a binary search per row (`np.search
 so one index serves every record batch of a span; Acero's joins rebuilt their hash table
 on every call, and that was most of a merge's CPU time after main's key scan.
 
-`KeyIndex.of` returns None for keys this cannot hold (a last column that is not an
-integer); keysets.py then uses Arrow's joins.
+`KeyIndex.of` returns None for keys this cannot hold (`supports`); keysets.py then uses
+Arrow's joins.
 NULL never equals NULL: a NULL key is never in an index and never found in one.
 """
 
@@ -26,9 +26,29 @@ Prefix = tuple[Any, ...]
 
 
 def supports(schema: pa.Schema, names: Sequence[str]) -> bool:
-    """Whether keys of this schema can be held in a KeyIndex."""
-    kind = schema.field(names[-1]).type
-    return bool(pa.types.is_integer(kind))
+    """Whether keys of this schema can be held in a KeyIndex: an integer last column, and
+    prefix columns whose values are equal in Python exactly when Arrow finds them equal
+    (not floats, where -0.0 == 0.0; not timestamps, which may carry nanoseconds)."""
+    *prefix, last = names
+    return pa.types.is_integer(schema.field(last).type) and all(
+        _exact(schema.field(name).type) for name in prefix
+    )
+
+
+def _exact(kind: pa.DataType) -> bool:
+    return any(
+        check(kind)
+        for check in (
+            pa.types.is_string,
+            pa.types.is_large_string,
+            pa.types.is_binary,
+            pa.types.is_large_binary,
+            pa.types.is_integer,
+            pa.types.is_boolean,
+            pa.types.is_date,
+            pa.types.is_decimal,
+        )
+    )
 
 
 @dataclass(frozen=True)
