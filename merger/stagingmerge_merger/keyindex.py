@@ -82,7 +82,7 @@ class KeyIndex:
         coded = _Coded.of(rows, self.names, self.dtype)
         for prefix, where in coded.rows_by_prefix().items():
             held = self.groups.get(prefix)
-            if held is None:
+            if held is None or not len(held):
                 continue
             values = coded.last[where]
             at = np.searchsorted(held, values)
@@ -105,7 +105,10 @@ class KeyIndex:
             at, values = at[inside], values[inside]
             keep = np.ones(len(held), dtype=bool)
             keep[at[held[at] == values]] = False
-            groups[prefix] = held[keep]
+            if keep.any():
+                groups[prefix] = held[keep]
+            else:
+                del groups[prefix]
         return KeyIndex(self.names, groups, self.dtype)
 
     def table(self, schema: pa.Schema) -> pa.Table:

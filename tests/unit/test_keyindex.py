@@ -7,6 +7,7 @@ import datetime as dt
 import random
 from collections import Counter
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -93,6 +94,16 @@ def test_keys_whose_last_column_is_not_an_integer_use_arrow_joins():
     new = counted.without(pa.table({"url": ["a"], "name": ["x"]}), ["url", "name"])
     assert new.keys.to_pylist() == [{"url": "b", "name": "y"}]
     assert new.mask(keys).to_pylist() == [False, True, True]
+
+
+def test_a_prefix_whose_keys_are_all_taken_away():
+    names = ["log", "index"]
+    keys = pa.table({"log": ["a", "b", "b"], "index": pa.array([1, 7, 8], pa.int64())})
+    new = keysets.count(keys, names).without(keys.slice(0, 2), names)
+    assert new.keys.to_pylist() == [{"log": "b", "index": 8}]
+    assert new.mask(keys).to_pylist() == [False, False, True]
+    index = keyindex.KeyIndex(("log", "index"), {("a",): np.zeros(0, np.int64)}, np.dtype(np.int64))
+    assert index.contains(keys).tolist() == [False, False, False]
 
 
 def test_prefixes_python_would_confuse_use_arrow_joins():
