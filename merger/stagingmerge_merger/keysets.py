@@ -53,7 +53,9 @@ class Members:
     def __init__(self, keys: pa.Table, names: Sequence[str], index: KeyIndex | None = None) -> None:
         self.names = list(names)
         self.keys = keys.select(self.names)
-        self.index = index or (KeyIndex.of(self.keys, names) if keys.num_rows else None)
+        if index is None and keys.num_rows:
+            index = KeyIndex.of(self.keys, names)
+        self.index = index
         self._narrowing = True  # until a batch shows the rows have no key locality
 
     def __len__(self) -> int:
