@@ -63,13 +63,7 @@ class KeyIndex:
         cannot be held this way."""
         if not supports(keys.schema, names):
             return None
-        coded = _Coded.of(keys, names)
-        groups = {
-            prefix: _unique(values)[0]
-            for prefix, values in coded.by_prefix().items()
-            if len(values)
-        }
-        return cls(tuple(names), groups, coded.dtype)
+        return _counted(_Coded.of(keys, names), keys.select(list(names)).schema)[0]
 
     def __len__(self) -> int:
         return sum(len(v) for v in self.groups.values())
@@ -84,10 +78,7 @@ class KeyIndex:
             held = self.groups.get(prefix)
             if held is None or not len(held):
                 continue
-            values = coded.last[where]
-            at = np.searchsorted(held, values)
-            at[at == len(held)] = 0
-            found[where] = (held[at] == values) & coded.valid[where]
+            found[where] = _find(held, coded.last[where])[1] & coded.valid[where]
         return found
 
     def without(self, rows: pa.Table) -> KeyIndex:
@@ -100,11 +91,9 @@ class KeyIndex:
             held = groups.get(prefix)
             if held is None or not len(values):
                 continue
-            at = np.searchsorted(held, values)
-            inside = at < len(held)
-            at, values = at[inside], values[inside]
+            at, hit = _find(held, values)
             keep = np.ones(len(held), dtype=bool)
-            keep[at[held[at] == values]] = False
+            keep[at[hit]] = False
             if keep.any():
                 groups[prefix] = held[keep]
             else:
@@ -125,14 +114,26 @@ def counted(keys: pa.Table, names: Sequence[str]) -> tuple[KeyIndex, pa.Table] |
     coded = _Coded.of(keys, names)
     if not coded.valid.all():
         return None
-    schema = keys.select(list(names)).schema
+    return _counted(coded, keys.select(list(names)).schema)
+
+
+def _counted(coded: _Coded, schema: pa.Schema) -> tuple[KeyIndex, pa.Table]:
+    """The index of the coded rows' valid keys, and the keys they hold more than once."""
     groups, repeated = {}, []
     for prefix, values in coded.by_prefix().items():
         distinct, counts = _unique(values)
-        groups[prefix] = distinct
+        if len(distinct):
+            groups[prefix] = distinct
         if (counts > 1).any():
             repeated.append(_table(schema, prefix, distinct[counts > 1]))
-    return KeyIndex(tuple(names), groups, coded.dtype), _concat(schema, repeated)
+    return KeyIndex(tuple(schema.names), groups, coded.dtype), _concat(schema, repeated)
+
+
+def _find(held: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(where each value would sit in the sorted `held`, clipped to it; whether it is there)."""
+    at = np.searchsorted(held, values)
+    at[at == len(held)] = 0
+    return at, held[at] == values
 
 
 @dataclass(frozen=True)

@@ -119,28 +119,22 @@ class Counted:
 
 
 def count(keys: pa.Table, names: Sequence[str]) -> Counted:
-    """`keys` counted (Counted)."""
+    """`keys` counted (Counted): by sorting integers when they fit a KeyIndex, else
+    with Arrow's group_by."""
     schema = keys.select(list(names)).schema
     fast = keyindex.counted(keys, names)
     if fast is not None:
         return Counted(schema, fast[1], fast[0])
-    distinct, repeated = distinct_and_repeated(keys, names)
-    return Counted(schema, repeated, table=distinct)
+    counts = keys.select(list(names)).group_by(list(names), use_threads=True)
+    counts = counts.aggregate([([], "count_all")])
+    repeated = counts.filter(pc.greater(counts["count_all"], 1)).select(list(names))
+    return Counted(schema, repeated, table=counts.select(list(names)))
 
 
 def distinct_and_repeated(keys: pa.Table, names: Sequence[str]) -> tuple[pa.Table, pa.Table]:
     """(every key once, the keys that occur more than once), key columns only."""
-    fast = keyindex.counted(keys, names)
-    if fast is not None:
-        index, repeated = fast
-        return index.table(keys.select(list(names)).schema), repeated
-    counts = (
-        keys.select(list(names))
-        .group_by(list(names), use_threads=True)
-        .aggregate([([], "count_all")])
-    )
-    repeated = counts.filter(pc.greater(counts["count_all"], 1)).select(list(names))
-    return counts.select(list(names)), repeated
+    counted = count(keys, names)
+    return counted.distinct, counted.repeated
 
 
 def positions_in(rows: pa.Table, keys: pa.Table, names: Sequence[str]) -> pa.Array:
