@@ -33,7 +33,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from run import machine, restore, snapshot  # noqa: E402 - bench/ is not a package
+from run import machine, precompile, restore, snapshot  # noqa: E402 - bench/ is not a package
 from scale import clustered_copy, generate_main, generate_staging  # noqa: E402
 
 RESULTS = HERE / "results"
@@ -120,6 +120,7 @@ def main() -> None:
         result = run_shards(Path(main_path), Path(staging_path), int(count), pinned == "1")
         print(json.dumps(result))
         return
+    precompile()
     unclustered = generate_main(args.main_rows)
     staging = generate_staging(args.staging_rows)
     layouts = {"unclustered": unclustered}

@@ -205,6 +205,17 @@ def one(args: argparse.Namespace) -> None:
     print(json.dumps(asdict(result)))
 
 
+def precompile() -> None:
+    """Compile the project's modules to bytecode before measuring, as the images' `pip
+    install` does: an editable install run with PYTHONDONTWRITEBYTECODE=1 would otherwise
+    compile them again in every merge process (measured: 0.1-0.2 s of each start)."""
+    import compileall
+
+    root = HERE.parent
+    for package in (root / "merger", root / "operator"):
+        compileall.compile_dir(package, quiet=1)
+
+
 def machine() -> str:
     cpu = "unknown CPU"
     try:
@@ -240,6 +251,7 @@ def main() -> None:
     if args.one:
         one(args)
         return
+    precompile()
     main_path, staging_path = generate(args.main_rows, args.staging_rows, args.overlap)
     RESULTS.mkdir(exist_ok=True)
     results = []

@@ -40,7 +40,7 @@ HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"
 RESULTS = HERE / "results"
 sys.path.insert(0, str(HERE))
-from run import machine, restore, snapshot  # noqa: E402 - bench/ is not a package
+from run import machine, precompile, restore, snapshot  # noqa: E402 - bench/ is not a package
 
 LOGS = 40
 FILE_ROWS = 500_000
@@ -284,6 +284,7 @@ def main() -> None:
         name, main_path, staging_path = args.one
         print(json.dumps(one(name, Path(main_path), Path(staging_path))))
         return
+    precompile()
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / "scale.json"
     record = json.loads(path.read_text()) if path.exists() else {"results": []}

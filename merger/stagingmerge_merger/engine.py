@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 from urllib.parse import unquote
@@ -378,39 +377,39 @@ class _Merge:
         where = keyspace.span_predicate(names, planned.key_types, span)
         if keys is None:
             keys = staging.scan(names, where)
-        ranges = keysets.key_ranges(keys, names)  # per prefix: the same with or without copies
+        # staging's keys counted first (a sort of integers, a fraction of main's scan),
+        # so their ranges come from the count and the scan has both cores to itself
+        counted = keysets.count(keys, names)
+        ranges = counted.ranges()
         predicate = plan.range_predicate(names, planned.key_types, ranges)
-        counted: keysets.Counted | None = None
         for attempt in range(1, MAX_COMMIT_ATTEMPTS + 1):
             if self.main is None and attempt > 1:
                 self.main = self._open_main()  # another writer may have created it
             base = self.main.latest_version() if self.main else 0
-            with ThreadPoolExecutor(1, thread_name_prefix="main-keys") as pool:
-                # main's keys are read (delta-rs, off the GIL) while staging's are counted
-                reading = (
-                    pool.submit(self._main_keys, ranges, planned.key_schema, predicate)
-                    if self.main
-                    else None
-                )
-                counted = counted or keysets.count(keys, names)
-                present = reading.result() if reading else planned.key_schema.empty_table()
+            present = (
+                self._main_keys(ranges, planned.key_schema, predicate)
+                if self.main
+                else planned.key_schema.empty_table()
+            )
             if attempt == 1:  # one tally across attempts: a retry's "existing" are ours
                 tally = selection.SpanTally(rows=keys.num_rows, distinct=len(counted))
             wanted = counted.without(present, names)
-            new = wanted.keys
-            if new.num_rows == 0 or self.req.dry_run:
-                self._count_without_commits(tally, new.num_rows)
+            if len(wanted) == 0 or self.req.dry_run:
+                self._count_without_commits(tally, len(wanted))
                 return tally.rows
+            repeated = counted.repeated  # those of the keys to insert, held back
+            if repeated.num_rows:
+                repeated = repeated.filter(wanted.mask(repeated))
             rows = selection.rows_to_insert(
                 staging.stream(planned.target.names, where),
                 wanted,
-                keysets.semi_join(counted.repeated, new, names),
+                repeated,
                 names,
                 self.req.first_by,
             )
             try:
                 self._commit_pieces(
-                    selection.Pieces(rows, self.req.batch_rows), planned, base, tally, new
+                    selection.Pieces(rows, self.req.batch_rows), planned, base, tally, wanted
                 )
                 return tally.rows
             except CommitConflictError as exc:
@@ -432,14 +431,14 @@ class _Merge:
         planned: _Plan,
         base: int,
         tally: selection.SpanTally,
-        new: pa.Table,
+        wanted: keysets.Members,
     ) -> None:
         """One commit per piece. Before each, catch up with other writers' commits since
         main was last read (only the files they added, within the span's key ranges) and
         leave out the keys they added; after each, a commit that shows other writers'
         commits since that catch-up gets its keys re-checked and repaired."""
         names = self.req.keys
-        ranges = keysets.key_ranges(new, names)
+        ranges = wanted.ranges()
         boxes = plan.predicate_boxes(names, ranges)
         seen = base  # main's version up to which the span's keys are checked
         ours: set[int] = set()  # versions we committed
@@ -463,7 +462,7 @@ class _Merge:
             others = 0
             if self.main is not None and self.main.latest_version() > seen:
                 others = self.main.version - seen - len([v for v in ours if v > seen])
-                taken = self._catch_up(taken, planned, new, ranges, boxes)
+                taken = self._catch_up(taken, planned, wanted.keys, ranges, boxes)
                 seen = self.main.version
             rows = selection.without_keys(piece, taken, names) if taken.num_rows else piece
             committed = self._commit(

@@ -153,7 +153,7 @@ class _Coded:
         last = rows[last_name]
         if dtype is None:
             dtype = np.dtype(np.uint64 if pa.types.is_uint64(last.type) else np.int64)
-        valid = pc.is_valid(last).to_numpy()
+        valid = pc.is_valid(last).to_numpy() if last.null_count else np.ones(rows.num_rows, bool)
         codes = np.zeros(rows.num_rows, dtype=np.int64)
         prefixes: list[Prefix] = [()]
         for name in prefix_names:
@@ -161,13 +161,17 @@ class _Coded:
             encoded = pc.dictionary_encode(rows[name]).combine_chunks()
             values = [*encoded.dictionary.to_pylist(), None]
             size = len(values)
-            indices = encoded.indices.fill_null(size - 1).to_numpy().astype(np.int64)
+            indices = encoded.indices
+            if indices.null_count:
+                indices = indices.fill_null(size - 1)
+            indices = indices.to_numpy().astype(np.int64)
             valid &= indices != size - 1
             numbered, codes = _dense(codes * size + indices)
             prefixes = [prefixes[int(n) // size] + (values[int(n) % size],) for n in numbered]
         if not prefix_names and rows.num_rows == 0:
             prefixes = []
-        integers = np.asarray(last.fill_null(0).to_numpy()).astype(dtype, copy=False)
+        filled = last.fill_null(0) if last.null_count else last
+        integers = np.asarray(filled.to_numpy()).astype(dtype, copy=False)
         return cls(codes, prefixes, integers, valid, dtype)
 
     def rows_by_prefix(self) -> dict[Prefix, np.ndarray]:

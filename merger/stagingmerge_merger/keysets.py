@@ -52,18 +52,40 @@ class Members:
 
     def __init__(self, keys: pa.Table, names: Sequence[str], index: KeyIndex | None = None) -> None:
         self.names = list(names)
-        self.keys = keys.select(self.names)
+        self._keys: pa.Table | None = keys.select(self.names)
+        self._schema = self._keys.schema
         if index is None and keys.num_rows:
-            index = KeyIndex.of(self.keys, names)
+            index = KeyIndex.of(self._keys, names)
         self.index = index
         self._narrowing = True  # until a batch shows the rows have no key locality
 
+    @classmethod
+    def of_index(cls, index: KeyIndex, schema: pa.Schema) -> Members:
+        """The keys an index holds (`schema`: the key columns); their table is built only
+        if it is asked for (a catch-up or repair needs it, a plain run does not)."""
+        members = cls(schema.empty_table(), schema.names, index)
+        members._keys = None
+        return members
+
+    @property
+    def keys(self) -> pa.Table:
+        if self._keys is None:
+            assert self.index is not None
+            self._keys = self.index.table(self._schema)
+        return self._keys
+
     def __len__(self) -> int:
-        return int(self.keys.num_rows)
+        return len(self.index) if self.index is not None else int(self.keys.num_rows)
+
+    def ranges(self) -> list[KeyRange]:
+        """Per prefix, the span of the last key column (`key_ranges` of these keys)."""
+        if self.index is not None:
+            return index_ranges(self.index)
+        return key_ranges(self.keys, self.names)
 
     def mask(self, rows: pa.Table) -> pa.BooleanArray:
         """For each row of `rows`, whether its key is one of these."""
-        if rows.num_rows == 0 or self.keys.num_rows == 0:
+        if rows.num_rows == 0 or len(self) == 0:
             return pa.array(np.zeros(rows.num_rows, dtype=bool))
         if self.index is not None:
             return pa.array(self.index.contains(rows.select(self.names)))
@@ -110,12 +132,18 @@ class Counted:
         """How many distinct keys."""
         return len(self.index) if self.index is not None else int(self.distinct.num_rows)
 
+    def ranges(self) -> list[KeyRange]:
+        """Per prefix, the span of the last key column (`key_ranges` of these keys): from
+        the index's sorted arrays when there is one, without another pass over the keys."""
+        if self.index is not None:
+            return index_ranges(self.index)
+        return key_ranges(self.distinct, self.schema.names)
+
     def without(self, present: pa.Table, names: Sequence[str]) -> Members:
         """The distinct keys main does not hold (`present`: main's keys in the span)."""
         if self.index is None:
             return Members(anti_join(self.distinct, present, names), names)
-        index = self.index.without(present)
-        return Members(index.table(self.schema), names, index)
+        return Members.of_index(self.index.without(present), self.schema)
 
 
 def count(keys: pa.Table, names: Sequence[str]) -> Counted:
@@ -230,6 +258,15 @@ def key_ranges(keys: pa.Table, names: Sequence[str]) -> list[KeyRange]:
     return [
         KeyRange(tuple(row[c] for c in prefix), row[f"{last}_min"], row[f"{last}_max"])
         for row in grouped.to_pylist()
+    ]
+
+
+def index_ranges(index: KeyIndex) -> list[KeyRange]:
+    """`key_ranges` of the keys an index holds: each prefix's first and last value."""
+    return [
+        KeyRange(prefix, values[0].item(), values[-1].item())
+        for prefix, values in index.groups.items()
+        if len(values)
     ]
 
 

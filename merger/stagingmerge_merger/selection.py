@@ -33,7 +33,7 @@ def rows_to_insert(
     emitted at the end."""
     held: list[pa.Table] = []
     repeated_keys = keysets.Members(repeated, names)
-    for rows in _chunks(batches, FILTER_ROWS):
+    for rows in _chunks(batches, FILTER_ROWS, FILTER_BYTES):
         wanted = rows.filter(new.mask(rows))
         if len(repeated_keys):
             twice = repeated_keys.mask(wanted)
@@ -45,19 +45,25 @@ def rows_to_insert(
         yield from keysets.pick_winners(pa.concat_tables(held), names, first_by).to_batches()
 
 
-FILTER_ROWS = 8_192  # rows filtered at a time (with a KeyIndex, 64 K-row chunks measured the same)
+# Rows filtered at a time: up to 16 K rows or 16 MiB (wide rows), whichever comes first.
+# Each probe of the key index has a fixed cost, and the writer waits for each chunk: on
+# 1 M narrow rows 8 K-row chunks took 10 % more CPU, 32 K and 64 K ones let the writer wait.
+FILTER_ROWS = 16_384
+FILTER_BYTES = 16 << 20
 
 
-def _chunks(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.Table]:
-    """Record batches gathered into tables of about `rows` rows (fewer, larger joins)."""
+def _chunks(batches: Iterator[pa.RecordBatch], rows: int, size: int) -> Iterator[pa.Table]:
+    """Record batches gathered into tables of about `rows` rows or `size` bytes, whichever
+    comes first (fewer, larger probes; memory bounded however wide the rows)."""
     gathered: list[pa.RecordBatch] = []
-    count = 0
+    count = nbytes = 0
     for batch in batches:
         gathered.append(batch)
         count += batch.num_rows
-        if count >= rows:
+        nbytes += batch.nbytes
+        if count >= rows or nbytes >= size:
             yield pa.Table.from_batches(gathered)
-            gathered, count = [], 0
+            gathered, count, nbytes = [], 0, 0
     if gathered:
         yield pa.Table.from_batches(gathered)
 

@@ -73,3 +73,30 @@ def test_winners_depend_on_content_not_order():
     assert len(set(prints)) == 3 and prints == row_fingerprints(rows)
     by_fingerprint = pick_winners(rows, ["k"], []).to_pylist()
     assert {r["k"]: r["v"] for r in by_fingerprint}[1] == ("x" if prints[0] < prints[1] else "y")
+
+
+def test_ranges_of_counted_keys_match_key_ranges_with_and_without_an_index():
+    import datetime as dt
+
+    cases = [
+        (keys([("a", 5), ("b", 2), ("a", 1), ("a", 3), ("a", 5)]), NAMES),  # KeyIndex
+        (pa.table({"i": pa.array([2**63 + 4, 7, 2**63 + 4], pa.uint64())}), ["i"]),  # KeyIndex
+        (
+            pa.table({"d": [dt.date(2026, 1, 2), dt.date(2026, 1, 1)], "i": [9, 4]}),
+            ["d", "i"],
+        ),  # KeyIndex, a date prefix
+        (pa.table({"f": [0.5, 0.5, 1.5], "i": [3, 1, 2]}), ["f", "i"]),  # group_by
+        (pa.table({"u": ["a", "a"], "s": ["y", "x"]}), ["u", "s"]),  # group_by
+    ]
+    for table, names in cases:
+        expected = sorted(keysets.key_ranges(table, names), key=repr)
+        counted = keysets.count(table, names)
+        assert sorted(counted.ranges(), key=repr) == expected
+        members = counted.without(table.slice(0, 0), names)
+        assert sorted(members.ranges(), key=repr) == expected
+        for r in counted.ranges():  # plain Python values: they are written into SQL
+            assert type(r.low) is type(expected[0].low)
+    taken = keysets.count(keys([("a", 1), ("a", 9), ("b", 4)]), NAMES).without(
+        keys([("a", 9), ("b", 4)]), NAMES
+    )
+    assert taken.ranges() == [KeyRange(("a",), 1, 1)]  # what main holds is not a range

@@ -26,3 +26,24 @@ def test_rows_to_insert_keeps_new_keys_once_with_the_winning_copy():
         list(selection.rows_to_insert(iter(rows.to_batches(2)), new, repeated, ["k"], ["v"]))
     )
     assert sorted(out.to_pylist(), key=lambda r: r["k"]) == [{"k": 2, "v": "b"}, {"k": 3, "v": "c"}]
+
+
+def test_rows_are_filtered_in_chunks_bounded_by_rows_and_by_bytes():
+    narrow = [t.num_rows for t in selection._chunks(batches(list(range(10)), 2), 4, 1 << 30)]
+    assert narrow == [4, 4, 2]  # by rows: whole record batches until `rows` are gathered
+    wide = pa.table({"k": pa.array(range(6), pa.int64()), "v": ["x" * 1000] * 6})
+    by_bytes = [t.num_rows for t in selection._chunks(iter(wide.to_batches(1)), 100, 2500)]
+    assert by_bytes == [3, 3]  # ~1 KB a row: 3 rows reach 2,500 bytes long before 100 rows
+
+
+def test_members_built_from_an_index_make_their_table_only_when_asked():
+    counted = keysets.count(pa.table({"u": ["a", "a", "b"], "k": [1, 2, 1]}), ["u", "k"])
+    members = counted.without(pa.table({"u": ["a"], "k": [2]}), ["u", "k"])
+    assert members.index is not None and len(members) == 2
+    assert members._keys is None  # a plain run never needs the table
+    assert members.mask(pa.table({"u": ["a", "a", "b"], "k": [1, 2, 1]})).to_pylist() == [
+        True,
+        False,
+        True,
+    ]
+    assert sorted(members.keys.to_pylist(), key=str) == [{"u": "a", "k": 1}, {"u": "b", "k": 1}]
