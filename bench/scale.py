@@ -15,8 +15,10 @@ wall time is reported, with every run's time. Contenders, each a child of a fres
 reaped children):
   stagingmerge  the merge CLI (--keep-staging, --batch-rows 250000, default options)
   append        the limit: read staging, append the rows known to be new (an oracle)
-  keyscan       one bare scan of main's key columns through delta-rs (the I/O floor of
-                any design that reads main's keys once)
+  keyscan       one bare scan of main's key columns through delta-rs (`DeltaTable.scan`,
+                its defaults: the I/O floor of any design that reads main's keys once)
+  keyscan-partitioned  the same scan in as many DataFusion partitions as the merge uses
+                (delta.SCAN_CONFIG): the floor like for like
 
 Bytes read from main: before each run main's files are evicted from the page cache
 (posix_fadvise DONTNEED) and staging's are preloaded, so the run's block reads
@@ -196,6 +198,16 @@ def contender_command(name: str, main: Path, staging: Path) -> list[str]:
             "print('{\"rows\": %d}' % n)"
         )
         return [sys.executable, "-c", code, str(main)]
+    if name == "keyscan-partitioned":
+        from stagingmerge_merger.delta import SCAN_CONFIG
+
+        code = (
+            "import sys, json, pyarrow as pa; from deltalake import DeltaTable, QueryBuilder\n"
+            "q = QueryBuilder(json.loads(sys.argv[2])).register('t', DeltaTable(sys.argv[1]))\n"
+            "n = sum(b.num_rows for b in q.execute('SELECT source_url, cert_index FROM t'))\n"
+            "print('{\"rows\": %d}' % n)"
+        )
+        return [sys.executable, "-c", code, str(main), json.dumps(SCAN_CONFIG)]
     return [sys.executable, str(HERE / "scale.py"), "--append", str(main), str(staging)]
 
 
@@ -269,7 +281,7 @@ def main() -> None:
     )
     parser.add_argument("--main-rows", default="1000000,10000000,100000000")
     parser.add_argument("--staging-rows", default="200000,1000000")
-    parser.add_argument("--contenders", default="stagingmerge,append,keyscan")
+    parser.add_argument("--contenders", default="stagingmerge,append,keyscan,keyscan-partitioned")
     parser.add_argument("--layouts", default="unclustered,clustered")
     parser.add_argument("--repeat", type=int, default=3, help="runs per contender (median)")
     parser.add_argument(
@@ -304,7 +316,8 @@ def main() -> None:
                     name
                     for name in args.contenders.split(",")
                     # the key scan is independent of staging: once per main and layout
-                    if name != "keyscan" or staging_rows == int(args.staging_rows.split(",")[0])
+                    if not name.startswith("keyscan")
+                    or staging_rows == int(args.staging_rows.split(",")[0])
                 ]
                 runs: dict[str, list[dict[str, object]]] = {name: [] for name in names}
                 for _ in range(args.repeat):  # contenders interleaved: drift hits them alike
@@ -318,7 +331,7 @@ def main() -> None:
                     result = median_run(runs[name])
                     result.update(
                         main_rows=main_rows,
-                        staging_rows=staging_rows if name != "keyscan" else None,
+                        staging_rows=None if name.startswith("keyscan") else staging_rows,
                         layout=layout,
                         main_key_column_bytes=key_bytes,
                         cluster_seconds=cluster_seconds,

@@ -33,9 +33,10 @@ def main() -> None:
     print(
         "| main rows | layout | staging rows | merge s | batches x median s | peak RSS MiB"
         " | main MiB read | key MiB (metrics) | files scanned | append s | key scan s | key scan"
-        " MiB read | scan + 1.5 x append s | main key columns MiB |"
+        " MiB read | scan + 1.5 x append s | key scan, merge's partitions s"
+        " | main key columns MiB |"
     )
-    print("|" + "---:|" * 2 + "---:|" * 12)
+    print("|" + "---:|" * 2 + "---:|" * 13)
     for merge in sorted(
         (r for r in results if r["contender"] == "stagingmerge"),
         key=lambda r: (r["main_rows"], r["layout"] != "unclustered", r["staging_rows"]),
@@ -43,6 +44,7 @@ def main() -> None:
         rows, layout, staging = merge["main_rows"], merge["layout"], merge["staging_rows"]
         append = find("append", rows, layout, staging) or {}
         scan = find("keyscan", rows, layout, None) or {}
+        partitioned = find("keyscan-partitioned", rows, layout, None) or {}
         batches = merge["batch_seconds"]
         median = sorted(batches)[len(batches) // 2] if batches else None
         out = merge["output"]
@@ -54,7 +56,7 @@ def main() -> None:
             f" | {out.get('main_files_scanned')} of {out.get('main_files')}"
             f" | {append.get('seconds', '')} | {scan.get('seconds', '')}"
             f" | {mib(scan.get('main_bytes_read'))} | {'' if bound is None else f'{bound:.2f}'}"
-            f" | {mib(merge['main_key_column_bytes'])} |"
+            f" | {partitioned.get('seconds', '')} | {mib(merge['main_key_column_bytes'])} |"
         )
     print(f"\nMachine: {record['machine']} ({record['when']}).")
 

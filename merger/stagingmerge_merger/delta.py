@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
+import os
 import queue
 import threading
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -37,13 +40,47 @@ from deltalake.exceptions import (
 )
 
 from .errors import InvalidInputError, MergeError, StorageError
-from .plan import Column, columns_of
+from .plan import Column, columns_of, quote_ident
 from .storage import Location, looks_like_auth_error, one_line, scrub
 
 # Row groups of 16 K rows (~35 MB of CT rows): parquet-rs buffers a whole row group
 # in Arrow form before encoding it, so this bounds the writer's memory too.
 WRITER_PROPERTIES = WriterProperties(max_row_group_size=16_384, compression="SNAPPY")
 QUERY_TABLE = "t"  # the name a table has in the SQL of Table.query
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may use: its affinity, capped by a cgroup CPU quota (a pod's
+    `limits.cpu`; os.cpu_count() sees the whole node)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    quota = _cgroup_quota()
+    return max(1, min(cpus or 1, quota) if quota else (cpus or 1))
+
+
+def _cgroup_quota(root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """The CPU quota of this process's cgroup in whole CPUs (rounded up), or None."""
+    for quota_file, period_file in (
+        (root / "cpu.max", None),  # v2: "max 100000" or "<quota> <period>"
+        (root / "cpu" / "cpu.cfs_quota_us", root / "cpu" / "cpu.cfs_period_us"),  # v1
+    ):
+        try:
+            fields = quota_file.read_text().split()
+            if period_file is not None:
+                fields.append(period_file.read_text().strip())
+            quota, period = fields[0], fields[1]
+            if quota == "max" or int(quota) <= 0:
+                return None
+            return math.ceil(int(quota) / int(period))
+        except (OSError, ValueError, IndexError):
+            continue
+    return None
+
+
+# Scans run in twice as many DataFusion partitions as there are CPUs (its default is one
+# per CPU): each partition waits on reads between decoding, so two per CPU keep the CPUs
+# busy. Measured on 2 cores, 100 M rows' key columns: 2.7 s against 3.2-3.7 s from disk,
+# 2.2-2.5 s against 3.0 s from the page cache; 8 partitions measured the same as 4.
+SCAN_CONFIG = {"datafusion.execution.target_partitions": str(max(4, 2 * usable_cpus()))}
 
 __all__ = ["CommitConflictError", "Handoff", "Table", "TableNotFoundError", "plain_schema"]
 
@@ -268,11 +305,17 @@ class Table:
     def stream(
         self, columns: Sequence[str] | None, predicate: str | None
     ) -> Iterator[pa.RecordBatch]:
-        """The same as scan(), as a stream of record batches (in no particular order)."""
+        """The same as scan(), as a stream of record batches (in no particular order).
+
+        Through QueryBuilder (the engine of DeltaTable.scan) with SCAN_CONFIG's partitions."""
         schema = self._projection(columns)
+        names = ", ".join(quote_ident(c) for c in schema.names)
+        sql = f"SELECT {names} FROM {QUERY_TABLE}"  # noqa: S608 - quoted names, our predicate
+        if predicate:
+            sql += f" WHERE {predicate}"
         with translate_errors(self.location, self._options, "scan"):
-            reader = self._dt.scan(columns=schema.names, predicate=predicate)
-            for batch in reader:
+            builder = QueryBuilder(SCAN_CONFIG).register(QUERY_TABLE, self._dt)
+            for batch in builder.execute(sql):
                 yield pa.record_batch(batch).select(schema.names).cast(schema)
 
     def query(self, sql: str) -> pa.Table:
