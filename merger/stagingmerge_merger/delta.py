@@ -188,6 +188,10 @@ class Handoff:
         self.close()
 
 
+def _cast(batch: Any, schema: pa.Schema) -> pa.RecordBatch:
+    return pa.record_batch(batch).select(schema.names).cast(schema)
+
+
 class CommitConflictError(MergeError):
     """Another writer's commit conflicts with ours (delta-rs gave up its own retries)."""
 
@@ -296,18 +300,9 @@ class Table:
     # --- reading --------------------------------------------------------------------
 
     def scan(self, columns: Sequence[str] | None, predicate: str | None) -> pa.Table:
-        """Rows (or some columns) matching `predicate`, through delta-rs's engine, with
-        the table's own Arrow types (the engine's view types cast back)."""
-        return pa.Table.from_batches(
-            list(self.stream(columns, predicate)), schema=self._projection(columns)
-        )
-
-    def stream(
-        self, columns: Sequence[str] | None, predicate: str | None
-    ) -> Iterator[pa.RecordBatch]:
-        """The same as scan(), as a stream of record batches (in no particular order).
-
-        Through QueryBuilder (the engine of DeltaTable.scan) with SCAN_CONFIG's partitions."""
+        """Rows (or some columns) matching `predicate`, read in full, through delta-rs's
+        engine with SCAN_CONFIG's partitions, in the table's own Arrow types (the engine's
+        view types cast back). Never the input of a writer: see stream()."""
         schema = self._projection(columns)
         names = ", ".join(quote_ident(c) for c in schema.names)
         sql = f"SELECT {names} FROM {QUERY_TABLE}"  # noqa: S608 - quoted names, our predicate
@@ -315,8 +310,20 @@ class Table:
             sql += f" WHERE {predicate}"
         with translate_errors(self.location, self._options, "scan"):
             builder = QueryBuilder(SCAN_CONFIG).register(QUERY_TABLE, self._dt)
-            for batch in builder.execute(sql):
-                yield pa.record_batch(batch).select(schema.names).cast(schema)
+            batches = [_cast(batch, schema) for batch in builder.execute(sql)]
+        return pa.Table.from_batches(batches, schema=schema)
+
+    def stream(
+        self, columns: Sequence[str] | None, predicate: str | None
+    ) -> Iterator[pa.RecordBatch]:
+        """The same as scan(), as a stream of record batches (in no particular order),
+        through `DeltaTable.scan`: a stream that feeds delta-rs's writer (Handoff) must not
+        be a QueryBuilder's, whose batches are produced by tasks on the runtime the writer
+        blocks (with one CPU, its only thread: measured, the merge then hangs)."""
+        schema = self._projection(columns)
+        with translate_errors(self.location, self._options, "scan"):
+            for batch in self._dt.scan(columns=schema.names, predicate=predicate):
+                yield _cast(batch, schema)
 
     def query(self, sql: str) -> pa.Table:
         """A DataFusion SQL query over this table, named `t` (QUERY_TABLE) in `sql`."""

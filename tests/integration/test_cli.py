@@ -158,3 +158,44 @@ def test_metrics_go_to_stdout_even_without_a_file(tables):
     result = run_cli("--main", str(main), "--staging", str(staging), env=env)
     assert result.metrics["inserted"] == 1
     assert result.metrics["duration_seconds"] <= time.monotonic() - started
+
+
+def test_a_merge_on_one_cpu_finishes(tables):
+    """A pod with `limits.cpu: 1` gives delta-rs one runtime thread, which its writer blocks
+    while it waits for rows: a staging stream whose batches need that runtime never comes
+    (a QueryBuilder stream hung so, measured at this size). Pinned to one CPU, as such a pod
+    runs. The timeout only turns a hang into a failure."""
+    import pyarrow as pa
+
+    main, staging = tables
+
+    def narrow(indexes: range) -> pa.Table:
+        return pa.table(
+            {
+                "source_url": ["https://ct.example/log/"] * len(indexes),
+                "cert_index": pa.array(indexes, pa.int64()),
+                "payload": [f"p{i:070d}" for i in indexes],
+            }
+        )
+
+    write(main, narrow(range(0, 200_000, 2)))
+    for part in range(4):
+        write(staging, narrow(range(part * 50_000, (part + 1) * 50_000)))
+    cpu = min(os.sched_getaffinity(0))
+    args = ["--main", str(main), "--staging", str(staging), "--batch-rows", "50000"]
+    proc = subprocess.run(
+        [CLI, "--log-format", "json", *args],
+        capture_output=True,
+        text=True,
+        timeout=240,  # within pytest's 300 s: the hung child is killed, not left behind
+        check=False,
+        preexec_fn=lambda: os.sched_setaffinity(0, {cpu}),
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    metrics = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert (metrics["inserted"], metrics["skipped_existing"], metrics["batches"]) == (
+        100_000,
+        100_000,
+        2,
+    )
+    assert key_list(main) == [("https://ct.example/log/", i) for i in range(200_000)]
