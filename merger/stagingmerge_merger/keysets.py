@@ -69,9 +69,7 @@ class Members:
 
     @property
     def keys(self) -> pa.Table:
-        if self._keys is None:
-            assert self.index is not None
-            self._keys = self.index.table(self._schema)
+        self._keys = _built(self._keys, self.index, self._schema)
         return self._keys
 
     def __len__(self) -> int:
@@ -94,6 +92,14 @@ class Members:
         found = np.zeros(rows.num_rows, dtype=bool)
         found[positions_in(rows, probe, self.names).to_numpy()] = True
         return pa.array(found)
+
+
+def _built(table: pa.Table | None, index: KeyIndex | None, schema: pa.Schema) -> pa.Table:
+    """`table`, or, while there is none, the table of the keys `index` holds."""
+    if table is not None:
+        return table
+    assert index is not None
+    return index.table(schema)
 
 
 def anti_join(left: pa.Table, right: pa.Table, names: Sequence[str]) -> pa.Table:
@@ -123,9 +129,7 @@ class Counted:
 
     @property
     def distinct(self) -> pa.Table:
-        if self.table is None:
-            assert self.index is not None
-            self.table = self.index.table(self.schema)
+        self.table = _built(self.table, self.index, self.schema)
         return self.table
 
     def __len__(self) -> int:
