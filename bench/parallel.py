@@ -5,12 +5,14 @@
 Data: the scale benchmark's (bench/scale.py, cached under bench/data/): a narrow main of
 `--main-rows` rows as a live writer leaves it (40 logs interleaved in every file, day
 partitions, checkpointed), optionally its clustered copy, and one log's backfill of
-`--staging-rows` rows, half already in main. For each N, the N processes
+`--staging-rows` rows from that log's first index in main on (with the defaults, half of
+it is in main already). For each N, the N processes
 `stagingmerge-merge --shard i/N --keep-staging --batch-rows 250000` start together on a
 fresh copy of main (the files a run added are removed after it); reported: the wall time
 from the first start to the last exit, each shard's wall and CPU time (user + system,
 from wait4) and peak RSS. Each configuration runs `--repeat` times, alternating N, and
-the median run is kept. Results go to bench/results/parallel.json.
+the median run is kept. Results go to bench/results/parallel.json (other sizes:
+parallel-<main rows>-<staging rows>.json).
 
 Two ways of sharing the machine's cores (`--cpus`): `shared` lets every process use all of
 them (pods without a CPU limit on one node); `1` pins each process to a core of its own
@@ -155,7 +157,9 @@ def main() -> None:
                 )
     RESULTS.mkdir(exist_ok=True)
     record = {"machine": machine(), "when": time.strftime("%Y-%m-%d"), "results": results}
-    (RESULTS / "parallel.json").write_text(json.dumps(record, indent=2) + "\n")
+    default = (args.main_rows, args.staging_rows) == (10_000_000, 1_000_000)
+    name = "parallel.json" if default else f"parallel-{args.main_rows}-{args.staging_rows}.json"
+    (RESULTS / name).write_text(json.dumps(record, indent=2) + "\n")
     for r in results:
         single = next(
             x

@@ -366,12 +366,16 @@ class Table:
         return self.version
 
     def key_file_stats(self, keys: Sequence[str]) -> pa.Table:
-        """One row per data file: path, size_bytes and, where the log keeps them, the
-        min./max. statistics of each key column (under its logical name)."""
+        """One row per data file: path, size_bytes, num_records and, where the log keeps
+        them, the min./max. statistics of each key column (under its logical name)."""
         physical = _physical_names(json.loads(self._dt.schema().to_json()))
         with translate_errors(self.location, self._options, "list the files of"):
             actions = pa.table(self._dt.get_add_actions(flatten=True))
-        columns = {"path": actions.column("path"), "size_bytes": actions.column("size_bytes")}
+        columns = {
+            name: actions.column(name)
+            for name in ("path", "size_bytes", "num_records")
+            if name in actions.column_names
+        }
         for key in keys:
             for side in ("min", "max"):
                 for name in (f"{side}.{key}", f"{side}.{physical.get(key, key)}"):

@@ -31,7 +31,18 @@ from urllib.parse import unquote
 import pyarrow as pa
 import structlog
 
-from . import __version__, checks, failpoints, keysets, keyspace, mainfiles, plan, selection, shards
+from . import (
+    __version__,
+    checks,
+    failpoints,
+    filecuts,
+    keysets,
+    keyspace,
+    mainfiles,
+    plan,
+    selection,
+    shards,
+)
 from .delta import QUERY_TABLE, CommitConflictError, Table, TableNotFoundError, plain_schema
 from .errors import InvalidInputError, MergeError, MergeInterruptedError, StagingChangedError
 from .mainfiles import MainFiles, warn_threshold
@@ -263,17 +274,20 @@ class _Merge:
         return int(counts[checks.ROWS] or 0)
 
     def _plan_spans(self, staging: Table, planned: _Plan) -> None:
-        """One pass over staging's key columns: sample them, cut the key space."""
+        """One pass over staging's key columns (a shard's: over its span's, when the file
+        statistics place the cuts): sample them, cut the key space."""
         names = list(self.req.keys)
-        sample = keyspace.KeySample(self.req.key_sample_rows)
-        for batch in staging.stream(names, None):
-            sample.add(pa.Table.from_batches([batch]))
-        table = sample.table()
-        key_bytes = max(1, KEY_OVERHEAD * table.nbytes // max(1, table.num_rows))
-        span_rows = max(self.req.batch_rows, self.req.key_memory // key_bytes)
         outer = keyspace.Span()
         if self.sharded:
-            outer, table, planned.rows = self._shard_span(staging, table, planned.rows, sample)
+            outer, sample, table = self._shard_keys(staging, planned)
+            if planned.rows == 0:
+                planned.spans = []
+                return
+        else:
+            sample = self._sample(staging, planned, outer)
+            table = sample.table()
+        key_bytes = max(1, KEY_OVERHEAD * table.nbytes // max(1, table.num_rows))
+        span_rows = max(self.req.batch_rows, self.req.key_memory // key_bytes)
         planned.spans = keyspace.plan_spans(table, names, planned.rows, span_rows)
         if self.sharded:
             planned.spans = shards.clamp(planned.spans, outer)
@@ -287,36 +301,83 @@ class _Merge:
         if sample.stride == 1:  # every key is in hand: no batch has to read them again
             planned.keys = keyspace.split_by_spans(table, names, planned.spans)
 
-    def _shard_span(
-        self, staging: Table, sample: pa.Table, rows: int, sampler: keyspace.KeySample
-    ) -> tuple[keyspace.Span, pa.Table, int]:
-        """This shard's span of the key space (the plan all shards agree on), the sample's
-        keys inside it, and its staging rows (counted, or estimated from the sample)."""
-        shard = self.req.shard
-        assert shard is not None
+    def _shard_keys(
+        self, staging: Table, planned: _Plan
+    ) -> tuple[keyspace.Span, keyspace.KeySample, pa.Table]:
+        """This shard's span (the plan all shards agree on), the sample of its keys and
+        their table; sets `planned.rows` to the span's staging rows. When staging's file
+        statistics place the cuts, only the span's keys are read (and counted exactly);
+        otherwise all of staging's are sampled, cut, and the span's rows estimated from
+        the sample unless it holds every key."""
         names = list(self.req.keys)
-        ledger = shards.Ledger(self.prefix, staging.version, shard)
-        dry = self.req.dry_run  # records nothing: every shard must find the same cuts alone
-        cuts, self.plan_id = ledger.agree_on(
-            shards.cut_points(sample, names, shard.count, exact=dry), record=not dry
-        )
-        span = shards.span_of(cuts, names, shard)
-        inside = keyspace.within(sample, names, span)
-        if shards.is_empty(span):
-            share = 0
-        elif sampler.stride == 1:
-            share = inside.num_rows
-        else:  # an estimate (progress, batch sizes): at least one row, it may hold some
-            share = max(1, round(rows * inside.num_rows / max(1, sample.num_rows)))
+        cuts = self._cuts_from_statistics(staging, planned.key_schema)
+        if cuts is not None:
+            span = self._agree_on(staging, cuts)
+            sample = self._sample(staging, planned, span)
+            planned.rows = sample.seen
+            table = sample.table() if not sample.empty else planned.key_schema.empty_table()
+        else:
+            sample = self._sample(staging, planned, keyspace.Span())
+            everything = sample.table()
+            exact = self.req.dry_run  # records nothing: every shard must find the same cuts
+            span = self._agree_on(
+                staging, shards.cut_points(everything, names, self._shard.count, exact=exact)
+            )
+            table = keyspace.within(everything, names, span)
+            if shards.is_empty(span):
+                planned.rows = 0
+            elif sample.stride == 1:
+                planned.rows = table.num_rows
+            else:  # an estimate (progress, batch sizes): at least one row, it may hold some
+                planned.rows = max(1, round(planned.rows * table.num_rows / everything.num_rows))
         log.info(
             "shard planned",
-            shard=str(shard),
+            shard=str(self._shard),
             plan=self.plan_id,
+            cuts_from="sample" if cuts is None else "file statistics",
             low=None if span.low is None else list(span.low),
             high=None if span.high is None else list(span.high),
-            staging_rows=share,
+            staging_rows=planned.rows,
         )
-        return span, inside, share
+        return span, sample, table
+
+    @property
+    def _shard(self) -> shards.Shard:
+        assert self.req.shard is not None
+        return self.req.shard
+
+    def _sample(self, staging: Table, planned: _Plan, span: keyspace.Span) -> keyspace.KeySample:
+        """A sample of staging's keys inside `span` (every key up to --key-sample-rows)."""
+        names = list(self.req.keys)
+        sample = keyspace.KeySample(self.req.key_sample_rows)
+        if shards.is_empty(span):
+            return sample
+        where = keyspace.span_predicate(names, planned.key_types, span)
+        for batch in staging.stream(names, where):
+            sample.add(pa.Table.from_batches([batch]))
+        return sample
+
+    def _cuts_from_statistics(self, staging: Table, key_schema: pa.Schema) -> pa.Table | None:
+        """The shards' cut points from staging's file statistics (filecuts.py), or None
+        when they cannot place them and keys must be sampled. Never for a key that is a
+        partition column: its values are in the log's partition values, not statistics."""
+        names = list(self.req.keys)
+        if set(names) & set(staging.partition_columns()) or not filecuts.usable_types(key_schema):
+            return None
+        files = filecuts.ranges_of(staging.key_file_stats(names), names)
+        integer_last = pa.types.is_integer(key_schema.field(names[-1]).type)
+        points = filecuts.cut_points(files or [], self._shard.count, integer_last)
+        if files is None or points is None:
+            return None
+        columns = {n: [p[i] for p in points] for i, n in enumerate(names)}
+        return pa.table(columns, schema=key_schema)
+
+    def _agree_on(self, staging: Table, cuts: pa.Table) -> keyspace.Span:
+        """This shard's span of the key space, from the plan all shards agree on: the one
+        recorded in staging, else `cuts` (recorded, unless this is a dry run)."""
+        ledger = shards.Ledger(self.prefix, staging.version, self._shard)
+        agreed, self.plan_id = ledger.agree_on(cuts, record=not self.req.dry_run)
+        return shards.span_of(agreed, self.req.keys, self._shard)
 
     def _merge_all(self, staging: Table, planned: _Plan) -> None:
         spans = planned.spans
@@ -441,7 +502,8 @@ class _Merge:
         ranges = wanted.ranges()
         boxes = plan.predicate_boxes(names, ranges)
         seen = base  # main's version up to which the span's keys are checked
-        ours: set[int] = set()  # versions we committed
+        counted = base  # main's version up to which other writers' commits are counted
+        own_files: set[str] = set()  # files our commits added: never read back (our keys)
         taken = planned.key_schema.empty_table()  # keys other writers added meanwhile
         held: BatchResult | None = None  # the span's last batch takes what is left
         while (piece := pieces.next_piece()) is not None:
@@ -461,21 +523,21 @@ class _Merge:
                 metadata["stagingmerge.shard"] = str(self.req.shard)
             others = 0
             if self.main is not None and self.main.latest_version() > seen:
-                others = self.main.version - seen - len([v for v in ours if v > seen])
-                taken = self._catch_up(taken, planned, wanted.keys, ranges, boxes)
+                others = self.main.version - counted  # commits after our last one: theirs
+                taken = self._catch_up(taken, planned, wanted.keys, ranges, boxes, own_files)
                 seen = self.main.version
             rows = selection.without_keys(piece, taken, names) if taken.num_rows else piece
             committed = self._commit(
                 _then_failpoint(selection.keeping_keys(rows, names, written)), planned, metadata
             )
-            ours.add(committed)
             failpoints.hit("batch-after-commit")
             inserted = pa.concat_tables(written) if written else planned.key_schema.empty_table()
             late = committed - seen - 1  # other writers' commits after the catch-up
+            counted = committed
             repaired = 0
             if late > 0:
                 # `seen` stays: the next piece's catch-up takes the keys those commits hold
-                if self._late_files_may_hold(inserted, boxes, planned, committed):
+                if self._late_files_may_hold(inserted, boxes, planned, committed, own_files):
                     repaired = self._repair(
                         inserted, planned.key_types, planned.key_schema, committed
                     )
@@ -500,15 +562,20 @@ class _Merge:
         new: pa.Table,
         ranges: list[plan.KeyRange],
         boxes: list[mainfiles.Box],
+        own_files: set[str],
     ) -> pa.Table:
         """`taken` plus the keys of `new` (the span's keys to insert) that the files added
-        since main was last read hold. main is at its latest version."""
+        since main was last read hold, our own commits' files (`own_files`) left out: they
+        hold only keys already inserted, which no later piece has. main is at its latest
+        version."""
         assert self.main is not None
         earlier = self.files  # None: main was created during this span, nothing to diff
         self.files = MainFiles.of(self.main, self.req.keys, known=earlier)
         touched = {f.path for f in self.files.touched(boxes)}
         added = [
-            f for f in (self.files.added_since(earlier) if earlier else []) if f.path in touched
+            f
+            for f in (self.files.added_since(earlier) if earlier else [])
+            if f.path in touched and unquote(f.path) not in own_files
         ]
         found = self.files.keys_of(added, planned.key_schema) if earlier else None
         if found is None:  # not readable from the files: the span's ranges through delta-rs
@@ -530,24 +597,35 @@ class _Merge:
         return merged
 
     def _late_files_may_hold(
-        self, inserted: pa.Table, boxes: list[mainfiles.Box], planned: _Plan, committed: int
+        self,
+        inserted: pa.Table,
+        boxes: list[mainfiles.Box],
+        planned: _Plan,
+        committed: int,
+        own_files: set[str],
     ) -> bool:
         """Whether the commits that landed between our catch-up and our commit `committed`
         may hold a key we just inserted: only the files they added (from the Delta log,
         those whose statistics overlap the span's ranges) are read. False lets the commit
         skip the repair's scan of main's key ranges; True (or anything unreadable) repairs.
-        Concurrent merges of disjoint keys (the shards of one merge) thus never rescan main."""
+        Concurrent merges of disjoint keys (the shards of one merge) thus never rescan main.
+        The files commit `committed` added join `own_files`, so no catch-up reads them back."""
         assert self.main is not None
         earlier = self.files
         if earlier is None or inserted.num_rows == 0:
             return bool(inserted.num_rows > 0)
         now = MainFiles.of(self.main, self.req.keys, known=earlier)
         ours = now.added_by(committed)
-        if ours is None or now.version != committed:
+        if ours is None:
+            return True
+        own_files |= ours
+        if now.version != committed:
             return True
         touched = {f.path for f in now.touched(boxes)}
         late = [
-            f for f in now.added_since(earlier) if f.path in touched and unquote(f.path) not in ours
+            f
+            for f in now.added_since(earlier)
+            if f.path in touched and unquote(f.path) not in own_files
         ]
         found = now.keys_of(late, planned.key_schema)
         if found is None:

@@ -2,13 +2,15 @@
 
 The split (pure functions here, the shared records in `Ledger`):
 
-- **Disjoint by construction.** N-1 cut points, taken from a sample of staging's keys at
-  evenly spaced ranks, cut the key space into N half-open spans `[cut_i, cut_i+1)` that
-  tile it: every key tuple falls into exactly one span, so all copies of a key are in one
-  shard (the first-copy rule holds within each key) and no two shards can insert the same
-  key. Few distinct keys give some shards an empty span; they still report done.
-- **One plan per staging version.** The sample is exact (every key) up to
-  `--key-sample-rows`, so every shard computes the same cuts; a larger staging's sample
+- **Disjoint by construction.** N-1 cut points cut the key space into N half-open spans
+  `[cut_i, cut_i+1)` that tile it: every key tuple falls into exactly one span, so all
+  copies of a key are in one shard (the first-copy rule holds within each key) and no two
+  shards can insert the same key. The cut points come from staging's file statistics when
+  those can balance the shards (filecuts.py: no key is read to place them), else from a
+  sample of staging's keys at evenly spaced ranks (cut_points); either way they decide
+  only the balance. Few distinct keys give some shards an empty span; they still report done.
+- **One plan per staging version.** Statistics give every shard the same cuts, and so does
+  a sample that is exact (every key, up to `--key-sample-rows`); a larger staging's sample
   depends on the order rows are read in, so the first shard to plan records its cuts
   under `_stagingmerge/shards/` in staging (a create-only write, atomic on every store)
   and the others use the recorded cuts. A dry run uses a recorded plan when there is one

@@ -317,6 +317,33 @@ class TestConcurrentWriters:
         assert (m.concurrent_commits, m.duplicates_repaired) == (1, 0)
         assert len(key_list(main)) == 8 == len(set(key_list(main)))
 
+    def test_a_writer_committing_before_every_batch_costs_no_read_of_our_own_files(
+        self, tables, monkeypatch
+    ):
+        """Another writer of disjoint keys (a sibling shard, another log's merge) commits
+        right before each of our commits: each batch lands after theirs, and the next
+        batch's catch-up must not read back the file our previous batch added (its keys
+        are ours, already inserted) — it reads nothing, since their files lie outside the
+        span's key ranges. Before this was fixed, every batch re-read its predecessor's
+        file: a concurrent merge paid twice for every batch."""
+        main, staging = tables
+        write(main, ct([0] * 3, range(3), seed=1))
+        write(staging, ct([0] * 60, range(3, 63), seed=2))
+        original = delta.Table.append
+        theirs = iter(range(1000))
+
+        def append(self, batches, schema, metadata):
+            write_deltalake(str(main), ct([1], [next(theirs)], seed=3), mode="append")
+            return original(self, batches, schema, metadata)
+
+        monkeypatch.setattr(delta.Table, "append", append)
+        m = merge(main, staging, batch_rows=20)
+
+        assert (m.batches, m.inserted, m.concurrent_commits) == (3, 60, 3)
+        assert (m.main_files_caught_up, m.duplicates_repaired) == (0, 0)
+        keys = key_list(main)
+        assert len(keys) == len(set(keys)) == 3 + 60 + 3
+
     def test_a_key_inserted_concurrently_is_kept_once_with_the_first_copy(
         self, tables, monkeypatch
     ):

@@ -199,3 +199,28 @@ def test_staging_written_between_shards_is_kept_and_a_rerun_merges_the_rest(stor
     assert [r.metrics["staging_deleted"] for r in again].count(True) == 1
     everything = pa.concat_tables([staging_rows, late])
     assert store.rows("main").equals(expected_union(main_rows, everything))
+
+
+def test_shards_of_a_staging_written_in_key_order_cut_it_by_file_statistics(store):
+    """One log's backfill, each file a run of rising cert_index: the cuts come from the
+    log's file statistics (no shard reads staging's other keys to place them), the shards
+    split the rows evenly, and they insert exactly the union."""
+    main_rows = ct([0] * 40, list(range(0, 80, 2)), seed=1)
+    store.write("main", main_rows)
+    parts = [ct([0] * 30, list(range(part * 30, part * 30 + 30)), seed=part) for part in range(4)]
+    for part in parts:
+        store.write("staging", part)
+    staging_rows = pa.concat_tables(parts)
+    results = at_once(store, 3)
+    assert all(r.code == 0 for r in results), [r.stderr for r in results]
+    planned = [
+        json.loads(line)
+        for r in results
+        for line in r.stderr.splitlines()
+        if '"shard planned"' in line
+    ]
+    assert {p["cuts_from"] for p in planned} == {"file statistics"}
+    assert sorted(int(r.metrics["staging_rows"]) for r in results) == [40, 40, 40]
+    assert store.rows("main").equals(expected_union(main_rows, staging_rows))
+    assert summed(results, "inserted") == 120 - 40  # main held the 40 even ones below 80
+    assert not store.exists("staging")
