@@ -84,14 +84,14 @@ class Members:
     def mask(self, rows: pa.Table) -> pa.BooleanArray:
         """For each row of `rows`, whether its key is one of these."""
         if rows.num_rows == 0 or len(self) == 0:
-            return pa.array(np.zeros(rows.num_rows, dtype=bool))
+            return keyindex.arrow_of(np.zeros(rows.num_rows, dtype=bool))
         if self.index is not None:
-            return pa.array(self.index.contains(rows.select(self.names)))
+            return keyindex.arrow_of(self.index.contains(rows.select(self.names)))
         probe = within_last_range(self.keys, rows, self.names) if self._narrowing else self.keys
         self._narrowing = self._narrowing and probe is not self.keys
         found = np.zeros(rows.num_rows, dtype=bool)
         found[positions_in(rows, probe, self.names).to_numpy()] = True
-        return pa.array(found)
+        return keyindex.arrow_of(found)
 
 
 def _built(table: pa.Table | None, index: KeyIndex | None, schema: pa.Schema) -> pa.Table:

@@ -121,3 +121,18 @@ def test_empty_tables():
     assert keysets.count(empty, ["url", "k"]).distinct.num_rows == 0
     some = pa.table({"url": ["a"], "k": pa.array([1], pa.int64())})
     assert keysets.count(some, ["url", "k"]).without(empty, ["url", "k"]).keys.num_rows == 1
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        np.array([], dtype=bool),
+        np.array([True, False, True] + [False] * 7 + [True]),  # spans two bytes of bits
+        np.arange(10, dtype=np.int64)[::3],  # not contiguous
+        np.array([0, 2**64 - 1], dtype=np.uint64),
+        np.array([-5, 7], dtype=np.int32),
+    ],
+)
+def test_arrow_of_equals_pyarrows_own_conversion(values):
+    converted = keyindex.arrow_of(values)
+    assert converted.equals(pa.array(values)) and converted.null_count == 0
