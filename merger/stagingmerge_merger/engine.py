@@ -66,6 +66,8 @@ DEFAULT_KEY_MEMORY = 512 << 20  # keys of one span; ~2 M CT keys: sized for a 2 
 KEY_OVERHEAD = 4
 REPAIR_ATTEMPTS = 10  # a leftover duplicate is worse than a slow batch
 REPAIR_CHUNK = 500  # keys per rewrite predicate when repairing concurrent duplicates
+# a shard warns when the staging files its span meets hold more than this x its rows
+SPREAD_WARN = 1.5
 
 
 @dataclass(frozen=True)
@@ -310,7 +312,8 @@ class _Merge:
         otherwise all of staging's are sampled, cut, and the span's rows estimated from
         the sample unless it holds every key."""
         names = list(self.req.keys)
-        cuts = self._cuts_from_statistics(staging, planned.key_schema)
+        files = self._staging_files(staging, planned.key_schema)
+        cuts = self._cuts_from_statistics(files, planned.key_schema)
         if cuts is not None:
             span = self._agree_on(staging, cuts)
             sample = self._sample(staging, planned, span)
@@ -339,7 +342,28 @@ class _Merge:
             high=None if span.high is None else list(span.high),
             staging_rows=planned.rows,
         )
+        if files is not None and planned.rows:
+            self._warn_if_spread(files, span, planned.rows)
         return span, sample, table
+
+    def _warn_if_spread(
+        self, files: list[filecuts.FileRange], span: keyspace.Span, rows: int
+    ) -> None:
+        """Warn when this shard's scan of its span has to read files holding far more rows
+        than the span: staging's files mix the whole key space, so every shard reads (and
+        decodes) nearly all of staging to keep its part, and shards save little."""
+        read = filecuts.rows_meeting(files, span)
+        if read <= SPREAD_WARN * rows:
+            return
+        log.warning(
+            f"staging's files are not laid out by key: shard {self._shard} reads files"
+            f" holding {read} rows to merge its {rows}, and every shard does the same;"
+            " shards pay off when staging is written in key order (a backfill working"
+            " through its logs one after another)",
+            staging=str(self.req.staging),
+            staging_rows_read=read,
+            staging_rows=rows,
+        )
 
     @property
     def _shard(self) -> shards.Shard:
@@ -357,14 +381,23 @@ class _Merge:
             sample.add(pa.Table.from_batches([batch]))
         return sample
 
-    def _cuts_from_statistics(self, staging: Table, key_schema: pa.Schema) -> pa.Table | None:
-        """The shards' cut points from staging's file statistics (filecuts.py), or None
-        when they cannot place them and keys must be sampled. Never for a key that is a
-        partition column: its values are in the log's partition values, not statistics."""
+    def _staging_files(
+        self, staging: Table, key_schema: pa.Schema
+    ) -> list[filecuts.FileRange] | None:
+        """Staging's files with their rows and key ranges from the Delta log's statistics,
+        or None when those cannot be compared as the engine compares keys. Never for a key
+        that is a partition column: its values are in the log's partition values."""
         names = list(self.req.keys)
         if set(names) & set(staging.partition_columns()) or not filecuts.usable_types(key_schema):
             return None
-        files = filecuts.ranges_of(staging.key_file_stats(names), names)
+        return filecuts.ranges_of(staging.key_file_stats(names), names)
+
+    def _cuts_from_statistics(
+        self, files: list[filecuts.FileRange] | None, key_schema: pa.Schema
+    ) -> pa.Table | None:
+        """The shards' cut points from staging's file statistics (filecuts.py), or None
+        when they cannot place them and keys must be sampled."""
+        names = list(self.req.keys)
         integer_last = pa.types.is_integer(key_schema.field(names[-1]).type)
         points = filecuts.cut_points(files or [], self._shard.count, integer_last)
         if files is None or points is None:

@@ -16,6 +16,10 @@ holds each file's row count and min/max per key column. From those alone:
   an even share; otherwise (overlapping files, too few files to balance, a statistic or a
   row count missing, key types other than strings and integers) the caller samples keys.
 
+The same ranges tell a shard how much of staging its scan reads (`rows_meeting`: the rows
+of the files its span meets); when staging's files mix the whole key space, every shard
+reads nearly all of it, and the merge warns.
+
 The statistics decide only where the cuts are, hence the balance: shards.span_of makes
 spans from any cut points that tile the key space, so a stale, truncated or wrong
 statistic can unbalance the shards, never break "each key in exactly one shard". The
@@ -30,7 +34,7 @@ from itertools import pairwise
 
 import pyarrow as pa
 
-from .keyspace import KeyTuple
+from .keyspace import KeyTuple, Span
 
 TOLERANCE = 1.25  # a shard's estimated rows may exceed an even share by a quarter
 
@@ -115,3 +119,13 @@ def _inside(file: FileRange, need: float, integer_last: bool) -> tuple[KeyTuple,
     width = high[-1] - low[-1] + 1
     value = min(high[-1], low[-1] + round(need / file.rows * width))
     return (*low[:-1], value), (value - low[-1]) / width * file.rows
+
+
+def rows_meeting(files: Sequence[FileRange], span: Span) -> int:
+    """The rows of the files whose key range meets `span`: what a scan restricted to the
+    span reads when the statistics can skip only whole files."""
+    return sum(
+        f.rows
+        for f in files
+        if (span.high is None or f.low < span.high) and (span.low is None or f.high >= span.low)
+    )

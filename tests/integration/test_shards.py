@@ -72,6 +72,9 @@ def at_once(store, count: int, *extra: str) -> list[CliResult]:
     return results
 
 
+SPREAD = "staging's files are not laid out by key"
+
+
 def summed(results: list[CliResult], key: str) -> int:
     return sum(int(r.metrics[key]) for r in results)
 
@@ -220,7 +223,24 @@ def test_shards_of_a_staging_written_in_key_order_cut_it_by_file_statistics(stor
         if '"shard planned"' in line
     ]
     assert {p["cuts_from"] for p in planned} == {"file statistics"}
+    assert not any(SPREAD in r.stderr for r in results)  # each reads only its own files
     assert sorted(int(r.metrics["staging_rows"]) for r in results) == [40, 40, 40]
     assert store.rows("main").equals(expected_union(main_rows, staging_rows))
     assert summed(results, "inserted") == 120 - 40  # main held the 40 even ones below 80
     assert not store.exists("staging")
+
+
+def test_shards_of_a_staging_whose_files_mix_the_key_space_say_each_reads_all_of_it(store):
+    """Every staging file holds all three logs: a shard's span meets every file, so each
+    shard reads all of staging's rows to merge its part. The merge is exact and each shard
+    warns, naming the rows it reads and the rows it merges."""
+    main_rows, staging_rows = staged(store)
+    results = at_once(store, 2)
+    assert [r.code for r in results] == [0, 0], [r.stderr[-2000:] for r in results]
+    assert store.rows("main").equals(expected_union(main_rows, staging_rows))
+    warnings = [
+        json.loads(line) for r in results for line in r.stderr.splitlines() if SPREAD in line
+    ]
+    assert [w["level"] for w in warnings] == ["warning", "warning"]
+    assert [w["staging_rows_read"] for w in warnings] == [staging_rows.num_rows] * 2
+    assert sum(w["staging_rows"] for w in warnings) == staging_rows.num_rows

@@ -10,7 +10,7 @@ import pytest
 
 from stagingmerge_merger import filecuts, shards
 from stagingmerge_merger.filecuts import FileRange
-from stagingmerge_merger.keyspace import in_span
+from stagingmerge_merger.keyspace import Span, in_span
 
 NAMES = ["source_url", "cert_index"]
 SCHEMA = pa.schema([("source_url", pa.string()), ("cert_index", pa.int64())])
@@ -93,3 +93,15 @@ def test_ranges_come_from_the_log_statistics_or_not_at_all():
     assert filecuts.ranges_of(stats.drop_columns(["num_records"]), NAMES) is None
     assert filecuts.usable_types(SCHEMA)
     assert not filecuts.usable_types(pa.schema([("d", pa.float64())]))
+
+
+def test_rows_meeting_a_span_are_those_of_the_files_it_overlaps():
+    files = files_of([("a", 0, 10), ("a", 10, 10), ("b", 0, 5)])  # a:0-9, a:10-19, b:0-4
+    assert filecuts.rows_meeting(files, Span()) == 25
+    assert filecuts.rows_meeting(files, Span(("a", 5), ("a", 10))) == 10  # high is open
+    assert filecuts.rows_meeting(files, Span(("a", 9), ("a", 11))) == 20
+    assert filecuts.rows_meeting(files, Span(("a", 20), None)) == 5
+    assert filecuts.rows_meeting(files, Span(None, ("a", 0))) == 0
+    # a file mixing the whole key space meets every span
+    mixed = [FileRange(30, ("a", 0), ("b", 99))]
+    assert filecuts.rows_meeting(mixed, Span(("a", 50), ("a", 51))) == 30
