@@ -1,18 +1,34 @@
 """Parallel benchmark: one merge as N shard processes, the way an Indexed Job runs them.
 
-    python bench/parallel.py [--main-rows 10000000] [--staging-rows 1000000] [--shards 1,2]
+    python bench/parallel.py [--rows narrow,ct] [--main-rows 10000000]
+                             [--staging-rows 1000000] [--shards 1,2] [--repeat 5]
 
-Data: the scale benchmark's (bench/scale.py, cached under bench/data/): a narrow main of
-`--main-rows` rows as a live writer leaves it (40 logs interleaved in every file, day
-partitions, checkpointed), optionally its clustered copy, and one log's backfill of
-`--staging-rows` rows from that log's first index in main on (with the defaults, half of
-it is in main already). For each N, the N processes
+Two kinds of rows (`--rows`), both cached under bench/data/:
+  narrow  the scale benchmark's (bench/scale.py): keys, a 70-byte payload and seen_date
+          (~100 bytes a row). Main: `--main-rows` rows as a live writer leaves them (40
+          logs interleaved in every file, day partitions, checkpointed), and its
+          clustered copy; staging: one log's backfill of `--staging-rows` rows from that
+          log's first index in main on (half of it is in main already). A merge of these
+          is mostly fixed costs (starting Python, loading pyarrow and delta-rs): the
+          pessimistic case for shards.
+  ct      Certificate Transparency entries, the product's data (bench/run.py: 20 columns,
+          ~1.8 KB a row on disk; main: 8 logs interleaved in every file, partitioned by
+          seen_date, checkpointed; staging: a backfill of 8 logs, half of it in main),
+          unclustered main only (clustering a main of this size is not part of it), with
+          staging's files in two layouts (`--ct-staging`): `by-log`, each file one log's
+          contiguous range, as a backfill working through its logs leaves them (files in
+          key order), and `interleaved`, every file holding all 8 logs (each shard then
+          reads all of staging's rows to keep its half).
+For each N, the N processes
 `stagingmerge-merge --shard i/N --keep-staging --batch-rows 250000` start together on a
 fresh copy of main (the files a run added are removed after it); reported: the wall time
 from the first start to the last exit, each shard's wall and CPU time (user + system,
-from wait4) and peak RSS. Each configuration runs `--repeat` times, alternating N, and
-the median run is kept. Results go to bench/results/parallel.json (other sizes:
-parallel-<main rows>-<staging rows>.json).
+from wait4) and peak RSS. Each configuration runs `--repeat` times, alternating N: the
+median run is kept, and each run's wall time is also divided by that of the N=1 run just
+before it (`paired_ratios`; their median is the ratio the README reports, which the
+machine's drift in speed from one run to the next leaves alone). Results go to
+bench/results/parallel.json (other sizes: parallel-<main rows>-<staging rows>.json);
+`python bench/parallel_report.py [FILE]` prints them as the README's table.
 
 Two ways of sharing the machine's cores (`--cpus`): `shared` lets every process use all of
 them (pods without a CPU limit on one node); `1` pins each process to a core of its own
@@ -35,7 +51,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from run import machine, precompile, restore, snapshot  # noqa: E402 - bench/ is not a package
+from run import generate, machine, precompile, restore, snapshot  # noqa: E402 - not a package
 from scale import clustered_copy, generate_main, generate_staging  # noqa: E402
 
 RESULTS = HERE / "results"
@@ -109,11 +125,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--rows", default="narrow,ct", help="narrow, ct, or both")
     parser.add_argument("--main-rows", type=int, default=10_000_000)
     parser.add_argument("--staging-rows", type=int, default=1_000_000)
     parser.add_argument("--shards", default="1,2")
-    parser.add_argument("--layouts", default="unclustered,clustered")
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--layouts", default="unclustered,clustered", help="narrow rows' main")
+    parser.add_argument("--ct-staging", default="by-log,interleaved", help="CT staging's files")
+    parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--cpus", default="shared,1", help="shared, 1 (per process), or both")
     parser.add_argument("--run", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -123,17 +141,24 @@ def main() -> None:
         print(json.dumps(result))
         return
     precompile()
-    unclustered = generate_main(args.main_rows)
-    staging = generate_staging(args.staging_rows)
-    layouts = {"unclustered": unclustered}
-    if "clustered" in args.layouts.split(","):
-        layouts["clustered"] = clustered_copy(unclustered)[0]
+    wanted = args.layouts.split(",")
+    setups: list[tuple[str, str, Path, Path]] = []  # (rows, layout, main, staging)
+    if "narrow" in args.rows.split(","):
+        unclustered = generate_main(args.main_rows)
+        staging = generate_staging(args.staging_rows)
+        if "unclustered" in wanted:
+            setups.append(("narrow", "unclustered", unclustered, staging))
+        if "clustered" in wanted:
+            setups.append(("narrow", "clustered", clustered_copy(unclustered)[0], staging))
+    if "ct" in args.rows.split(","):
+        for order in args.ct_staging.split(","):
+            by_log = order == "by-log"
+            ct_main, ct_staging = generate(args.main_rows, args.staging_rows, 0.5, by_log=by_log)
+            setups.append((f"ct, staging {order}", "unclustered", ct_main, ct_staging))
     counts = [int(n) for n in args.shards.split(",")]
     results = []
     modes = [mode == "1" for mode in args.cpus.split(",")]
-    for layout, main_path in layouts.items():
-        if layout not in args.layouts.split(","):
-            continue
+    for kind, layout, main_path, staging in setups:
         for pinned in modes:
             runs: dict[int, list[dict[str, object]]] = {n: [] for n in counts}
             for _ in range(args.repeat):
@@ -142,16 +167,23 @@ def main() -> None:
                     failed = [s for s in result["per_shard"] if s["exit_code"] != 0]  # type: ignore[attr-defined]
                     assert not failed, result
                     runs[count].append(result)
-                    print(json.dumps({"layout": layout, **result}), flush=True)
-            for found in runs.values():
-                median = statistics.median(float(r["wall_seconds"]) for r in found)  # type: ignore[arg-type]
+                    print(json.dumps({"rows": kind, "layout": layout, **result}), flush=True)
+            walls = {n: [float(r["wall_seconds"]) for r in found] for n, found in runs.items()}  # type: ignore[arg-type]
+            for count, found in runs.items():
+                median = statistics.median(walls[count])
                 kept = min(found, key=lambda r: abs(float(r["wall_seconds"]) - median))  # type: ignore[arg-type]
+                # each run against the N=1 run just before it: slow drift in this shared
+                # machine's speed cancels out of the pair
+                paired = [n / one for n, one in zip(walls[count], walls[counts[0]], strict=True)]
                 results.append(
                     {
+                        "rows": kind,
                         "layout": layout,
                         "main_rows": args.main_rows,
                         "staging_rows_total": args.staging_rows,
-                        "runs_wall_seconds": [r["wall_seconds"] for r in found],
+                        "runs_wall_seconds": walls[count],
+                        "paired_ratios": [round(x, 3) for x in paired],
+                        "paired_ratio_median": round(statistics.median(paired), 3),
                         **kept,
                     }
                 )
@@ -164,12 +196,14 @@ def main() -> None:
         single = next(
             x
             for x in results
-            if (x["layout"], x["cpus"], x["shards"]) == (r["layout"], r["cpus"], 1)
+            if (x["rows"], x["layout"], x["cpus"], x["shards"])
+            == (r["rows"], r["layout"], r["cpus"], 1)
         )
         ratio = float(r["wall_seconds"]) / float(single["wall_seconds"])  # type: ignore[arg-type]
         print(
-            f"{r['layout']}, cpus {r['cpus']}: N={r['shards']} wall {r['wall_seconds']} s"
-            f" ({ratio:.2f}x N=1), cpu {r['cpu_seconds']} s"
+            f"{r['rows']} rows, {r['layout']}, cpus {r['cpus']}: N={r['shards']} wall"
+            f" {r['wall_seconds']} s ({ratio:.2f}x N=1's median, {r['paired_ratio_median']:.2f}x"
+            f" paired), cpu {r['cpu_seconds']} s"
         )
 
 

@@ -61,10 +61,17 @@ def in_main(offset: int, overlap: float) -> bool:
     return int((offset + 1) * overlap) > int(offset * overlap)
 
 
-def generate(main_rows: int, staging_rows: int, overlap: float) -> tuple[Path, Path]:
+def generate(
+    main_rows: int, staging_rows: int, overlap: float, by_log: bool = False
+) -> tuple[Path, Path]:
     """main: main_rows entries of 8 logs interleaved in arrival order; staging: a backfill of
     a range of each log in index order, of which main already holds `overlap` (spread
-    evenly, so every batch has the same mix). Written once, reused across runs."""
+    evenly, so every batch has the same mix). Written once, reused across runs.
+
+    Staging's files interleave the 8 logs, unless `by_log`: then the backfill is written log
+    after log, so each file holds one log's contiguous range (files in key order, as a
+    backfill that works through its logs one at a time leaves them; folder `staging-by-log`
+    beside the same main)."""
     from datetime import UTC, datetime, timedelta
 
     from deltalake import DeltaTable, write_deltalake
@@ -74,6 +81,8 @@ def generate(main_rows: int, staging_rows: int, overlap: float) -> tuple[Path, P
     folder = DATA / f"main{main_rows}-staging{staging_rows}-overlap{overlap:g}"
     main, staging = folder / "main", folder / "staging"
     done = folder / ".complete"
+    if by_log:
+        return main, _staging_by_log(generate(main_rows, staging_rows, overlap)[0])
     if done.exists():
         return main, staging
     shutil.rmtree(folder, ignore_errors=True)
@@ -113,6 +122,30 @@ def generate(main_rows: int, staging_rows: int, overlap: float) -> tuple[Path, P
     )
     done.touch()
     return main, staging
+
+
+def _staging_by_log(main: Path) -> Path:
+    """The staging of the same backfill with its rows ordered by (log, index): generate's
+    staging, rewritten in files of one log's contiguous range each."""
+    import pyarrow.compute as pc
+    from deltalake import write_deltalake
+
+    from stagingmerge_merger.delta import Table
+    from stagingmerge_merger.storage import parse_location
+
+    staging, target = main.with_name("staging"), main.with_name("staging-by-log")
+    done = main.with_name(".complete-by-log")
+    if done.exists():
+        return target
+    shutil.rmtree(target, ignore_errors=True)
+    table = Table.open(parse_location(str(staging)), {})
+    urls = pc.unique(table.scan(["source_url"], None)["source_url"]).to_pylist()
+    for url in sorted(urls):
+        rows = table.scan(None, f"source_url = '{url}'").sort_by([("cert_index", "ascending")])
+        for start in range(0, rows.num_rows, FILE_ROWS // 4):
+            write_deltalake(target, rows.slice(start, FILE_ROWS // 4), mode="append")
+    done.touch()
+    return target
 
 
 def snapshot(table: Path) -> set[Path]:
