@@ -16,10 +16,6 @@ HEADER = (
 )
 
 
-def setup(result: dict) -> tuple[str, str, str]:
-    return (result["rows"], result["layout"], result["cpus"])
-
-
 def main() -> None:
     path = Path(sys.argv[1]) if len(sys.argv) > 1 else RESULTS
     record = json.loads(path.read_text())
@@ -33,10 +29,10 @@ def main() -> None:
             for s in r["per_shard"]
         )
         keys = "; ".join(f"{(s['main_key_bytes_read'] or 0) / 2**20:.1f}" for s in r["per_shard"])
-        rows, layout, cpus = setup(r)
         spread = f"{min(runs):.2f}-{max(runs):.2f}"
         print(
-            f"| {rows} | {layout} | {cpus} | {r['shards']} | {r['wall_seconds']:.2f} ({spread})"
+            f"| {r['rows']} | {r['layout']} | {r['cpus']} | {r['shards']}"
+            f" | {r['wall_seconds']:.2f} ({spread})"
             f" | {r['paired_ratio_median']:.2f}x | {r['cpu_seconds']:.2f} | {shards} | {keys} |"
         )
     print(f"\nMachine: {record['machine']} ({record['when']}).")
