@@ -23,9 +23,9 @@ earlier runs wrote (step 3) and inserts the rest.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import unquote
 
 import pyarrow as pa
@@ -34,28 +34,38 @@ import structlog
 from . import (
     __version__,
     checks,
+    deltalog,
     failpoints,
     filecuts,
     keysets,
     keyspace,
     mainfiles,
     plan,
+    repairs,
     selection,
     shards,
 )
 from .delta import QUERY_TABLE, CommitConflictError, Table, TableNotFoundError, plain_schema
-from .errors import InvalidInputError, MergeError, MergeInterruptedError, StagingChangedError
+from .errors import (
+    InvalidInputError,
+    MergeError,
+    MergeInterruptedError,
+    StagingChangedError,
+    StagingNotDeletedError,
+)
 from .mainfiles import MainFiles, warn_threshold
 from .metrics import (
     DRY_RUN,
+    DUPLICATES_LEFT,
     INTERRUPTED,
     MERGED,
     NOTHING_TO_MERGE,
     STAGING_CHANGED,
+    STAGING_NOT_DELETED,
     BatchResult,
     MergeMetrics,
 )
-from .storage import Location, Prefix, check_deletable, redact_options
+from .storage import Location, Prefix, check_deletable, links_reaching, redact_options
 
 log = structlog.get_logger("stagingmerge.merge")
 
@@ -159,6 +169,7 @@ class _Merge:
         self.sharded = request.shard is not None and request.shard.count > 1
         self.staging_columns: dict[str, plan.Column] = {}
         self.plan_id = "empty"  # the shard plan all shards agreed on (an empty staging: none)
+        self.repairs = repairs.Repairs(self.prefix)
 
     # --- the run ---------------------------------------------------------------------
 
@@ -180,6 +191,14 @@ class _Merge:
             )
         if self.deletes:
             check_deletable(req.staging, req.main, req.allowed_prefixes)
+        reaching = links_reaching(req.staging, req.main)
+        if reaching:
+            link, target = reaching[0]
+            raise InvalidInputError(
+                f"staging {req.staging} holds a symbolic link into main {req.main} ({link} ->"
+                f" {target}{f', and {len(reaching) - 1} more' if len(reaching) > 1 else ''});"
+                " staging would be read from main's own files: remove the link"
+            )
         if req.shard is not None:
             self.metrics.shard = str(req.shard)
         prefix = self.prefix
@@ -188,6 +207,8 @@ class _Merge:
             self.metrics.outcome = NOTHING_TO_MERGE
             return
         planned = self._prepare(staging)
+        if not req.dry_run:
+            self._repair_owed(planned)
         if planned.rows == 0:
             log.info(
                 "nothing to merge: staging is empty"
@@ -209,12 +230,9 @@ class _Merge:
         if not state.exists:
             log.info("nothing to merge: staging does not exist", staging=str(self.req.staging))
             return None
-        if not state.has_delta_log:
-            if state.marker is None:
-                raise InvalidInputError(
-                    f"staging {self.req.staging} is not a Delta table"
-                    " (it has files but no _delta_log/)"
-                )
+        if state.marker is not None and (
+            not state.has_delta_log or self._merged_before(prefix, state.marker)
+        ):
             log.info(
                 "an earlier run merged staging but did not finish deleting it",
                 staging=str(self.req.staging),
@@ -222,9 +240,31 @@ class _Merge:
             )
             self._delete_staging(prefix, None)
             return None
-        staging = self._open(self.req.staging, "staging")
+        if not state.has_delta_log:
+            raise InvalidInputError(
+                f"staging {self.req.staging} is not a Delta table (it has files but no _delta_log/)"
+            )
+        staging = self._open_audited(self.req.staging, prefix, "staging")
         self.metrics.staging_version = staging.version
         return staging
+
+    def _merged_before(self, prefix: Prefix, marker: Mapping[str, Any]) -> bool:
+        """Whether the completion marker says an earlier run merged this staging, as it is,
+        into this main: no commit beyond the version it merged (a half-deleted log holds
+        only some of them), the same main."""
+        merged = marker.get("staging_version")
+        if not isinstance(merged, int) or marker.get("main") != str(self.req.main):
+            return False
+        return all(v <= merged for v in deltalog.commit_versions(prefix))
+
+    def _open_audited(self, location: Location, prefix: Prefix, role: str) -> Table:
+        """The table, once its log has passed deltalog.audit (before delta-rs reads it, and
+        again up to the version delta-rs opened if a commit landed in between)."""
+        audited = deltalog.audit(prefix, role)
+        table = self._open(location, role)
+        if audited is None or table.version > audited:
+            deltalog.audit(prefix, role, up_to=table.version)
+        return table
 
     def _prepare(self, staging: Table) -> _Plan:
         """Every check that can refuse the input, before anything is written; then the
@@ -453,7 +493,7 @@ class _Merge:
             raise InvalidInputError(
                 f"main {self.req.main} is not a Delta table (it has files but no _delta_log/)"
             )
-        return self._open(self.req.main, "main")
+        return self._open_audited(self.req.main, Prefix(self.req.main, self.options), "main")
 
     # --- one span ------------------------------------------------------------------
 
@@ -571,9 +611,23 @@ class _Merge:
             if late > 0:
                 # `seen` stays: the next piece's catch-up takes the keys those commits hold
                 if self._late_files_may_hold(inserted, boxes, planned, committed, own_files):
-                    repaired = self._repair(
-                        inserted, planned.key_types, planned.key_schema, committed
-                    )
+                    try:
+                        repaired = self._repair(
+                            inserted, planned.key_types, planned.key_schema, committed
+                        )
+                    except repairs.DuplicatesLeftError:
+                        # the commit landed: counted (with every row of it) before the error
+                        if held is not None:
+                            self._record(held)
+                        self._record(
+                            replace(
+                                tally.piece(inserted.num_rows),
+                                version=committed,
+                                concurrent_commits=others + max(0, late),
+                                seconds=time.monotonic() - started,
+                            )
+                        )
+                        raise
             elif self.main is not None:  # nobody else committed: main is known up to ours
                 seen = committed
                 self.files = MainFiles.of(self.main, self.req.keys, known=self.files)
@@ -768,7 +822,9 @@ class _Merge:
         """Other commits landed between our read and our commit: undo any duplicate key.
 
         Keys we inserted that main now holds more than once were added concurrently by
-        someone else; the copy that was there first (at `committed - 1`) is kept.
+        someone else; the copy that was there first (at `committed - 1`) is kept. The keys
+        are recorded in staging first (repairs.py), so a run that cannot finish the rewrite
+        leaves them for the next one instead of ending over duplicates.
         """
         assert self.main is not None
         names = self.req.keys
@@ -783,12 +839,56 @@ class _Merge:
         )
         if twice.num_rows == 0:
             return 0
-        earlier = self.main.at_version(committed - 1)
-        tuples = keysets.key_tuples(twice, names)
+        owed = repairs.Owed(committed, twice)
+        self.repairs.record(owed)
+        repaired = self._rewrite_first_copies(owed, key_types)
+        self.repairs.done(committed)
+        return repaired
+
+    def _repair_owed(self, planned: _Plan) -> None:
+        """The repairs an earlier run recorded and could not finish, before anything else:
+        the keys main still holds twice are rewritten to their first copy."""
+        owed = self.repairs.owed(planned.key_schema)
+        if not owed:
+            return
+        if self.main is None:  # no main, so nothing in it twice: the records are stale
+            for record in owed:
+                self.repairs.done(record.version)
+            return
+        names = self.req.keys
+        for record in owed:
+            ranges = keysets.key_ranges(record.keys, names)
+            predicate = plan.range_predicate(names, planned.key_types, ranges)
+            now = self._main_keys(ranges, planned.key_schema, predicate)
+            twice = keysets.repeated_keys(keysets.semi_join(now, record.keys, names), names)
+            log.info(
+                "an earlier run left a repair owed to main",
+                main=str(self.req.main),
+                version=record.version,
+                keys=record.keys.num_rows,
+                still_twice=twice.num_rows,
+            )
+            if twice.num_rows:
+                self.metrics.duplicates_repaired += self._rewrite_first_copies(
+                    repairs.Owed(record.version, twice), planned.key_types
+                )
+            self.repairs.done(record.version)
+
+    def _rewrite_first_copies(self, owed: repairs.Owed, key_types: dict[str, str]) -> int:
+        """Rewrite each key of `owed` to one copy, the one main held before our commit
+        `owed.version` (any one, if that version can no longer be read). Raises
+        DuplicatesLeftError when main refuses the rewrite or it keeps conflicting."""
+        assert self.main is not None
+        names = self.req.keys
+        try:
+            earlier: Table | None = self.main.at_version(owed.version - 1)
+        except MergeError:
+            earlier = None  # log cleaned up since: every copy is a valid row of the key
+        tuples = keysets.key_tuples(owed.keys, names)
         for start in range(0, len(tuples), REPAIR_CHUNK):
             chunk = tuples[start : start + REPAIR_CHUNK]
             where = plan.keys_in_predicate(names, key_types, chunk)
-            theirs = _one_per_key(earlier.scan(None, where), names)
+            theirs = _one_per_key((earlier or self.main).scan(None, where), names)
             for attempt in range(1, REPAIR_ATTEMPTS + 1):
                 try:
                     self.main.replace(
@@ -797,12 +897,14 @@ class _Merge:
                         {"stagingmerge.repair": f"{len(chunk)} keys inserted concurrently"},
                     )
                     break
-                except CommitConflictError:
+                except MergeError as exc:
                     # Delta sees a conflict whenever a concurrent commit may hold these keys;
-                    # the rewrite is idempotent, so try again after the other writer.
+                    # the rewrite is idempotent, so try again after the other writer. Any
+                    # other refusal (an append-only main) will not pass on a retry.
+                    retry = isinstance(exc, CommitConflictError) and not _refused_for_good(exc)
+                    if not retry or attempt == REPAIR_ATTEMPTS:
+                        raise self._duplicates_left(owed, exc) from exc
                     self.metrics.commit_retries += 1
-                    if attempt == REPAIR_ATTEMPTS:
-                        raise
                     time.sleep(min(5.0, 0.2 * 2**attempt))
         log.warning(
             "removed duplicates left by a concurrent writer",
@@ -810,6 +912,19 @@ class _Merge:
             keys=len(tuples),
         )
         return len(tuples)
+
+    def _duplicates_left(self, owed: repairs.Owed, cause: MergeError) -> MergeError:
+        self.metrics.outcome = DUPLICATES_LEFT
+        shown = ", ".join(repr(k) for k in keysets.key_tuples(owed.keys.slice(0, 3), self.req.keys))
+        more = f" and {owed.keys.num_rows - 3} more" if owed.keys.num_rows > 3 else ""
+        return repairs.DuplicatesLeftError(
+            f"another writer added {owed.keys.num_rows} of the keys our commit {owed.version}"
+            f" inserted into main {self.req.main} at the same time, and the rewrite that keeps"
+            f" one copy of each failed ({cause}): main holds these keys twice ({shown}{more});"
+            f" staging is kept with the record of them ({repairs.REPAIRS_DIR}/): once main"
+            " accepts the rewrite (for an append-only main: lift delta.appendOnly, or remove"
+            " one copy of each key yourself), rerun"
+        )
 
     def _count(self, result: BatchResult) -> None:
         m = self.metrics
@@ -860,16 +975,36 @@ class _Merge:
         self._delete_staging(prefix, read)
 
     def _delete_staging(self, prefix: Prefix, version: int | None) -> None:
+        """Delete staging, the merge being complete: the marker first (`version` merged;
+        None when an earlier run wrote it), then every object. A failure leaves main as it
+        is, complete, and ends the run with its own outcome and exit 1."""
         if not self.deletes:
             return
-        if version is not None:
-            prefix.write_marker(
-                {"main": str(self.req.main), "staging_version": version, "merged_at": time.time()}
-            )
-        deleted = prefix.delete_all()
+        try:
+            if version is not None:
+                prefix.write_marker(
+                    {
+                        "main": str(self.req.main),
+                        "staging_version": version,
+                        "merged_at": time.time(),
+                    }
+                )
+            deleted = prefix.delete_all()
+        except MergeError as exc:
+            self.metrics.outcome = STAGING_NOT_DELETED
+            raise StagingNotDeletedError(
+                f"main {self.req.main} holds every row of staging, but staging could not be"
+                f" deleted ({exc}); fix the cause and rerun: it inserts nothing twice and"
+                " finishes the deletion"
+            ) from exc
         self.metrics.staging_deleted = True
         self.metrics.staging_objects_deleted = deleted
         log.info("deleted staging", staging=str(self.req.staging), objects=deleted)
+
+
+def _refused_for_good(exc: MergeError) -> bool:
+    """A commit main refuses whatever happens meanwhile: an append-only table."""
+    return "append-only" in str(exc).lower() or "appendonly" in str(exc).lower()
 
 
 def _one_per_key(rows: pa.Table, names: Sequence[str]) -> pa.Table:

@@ -41,3 +41,10 @@ class StorageError(MergeError):
     """Object store or file system trouble that a retry may cure."""
 
     reason = "StorageError"
+
+
+class StagingNotDeletedError(MergeError):
+    """Main holds every staging row, but deleting staging failed: a rerun (which inserts
+    nothing twice) finishes the deletion once the cause is fixed."""
+
+    reason = "StagingNotDeleted"

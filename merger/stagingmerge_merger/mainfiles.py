@@ -16,7 +16,6 @@ naming `stagingmerge-cluster`, when main's layout makes it read most of main's k
 from __future__ import annotations
 
 import io
-import json
 import os
 import struct
 from collections.abc import Sequence
@@ -27,6 +26,7 @@ from urllib.parse import unquote
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from . import deltalog
 from .delta import Table
 from .errors import MergeError
 from .storage import Prefix
@@ -119,21 +119,7 @@ class MainFiles:
 
     def added_by(self, version: int) -> set[str] | None:
         """The paths one commit added, from its entry in the Delta log (None if unreadable)."""
-        try:
-            raw = self.prefix.read(f"_delta_log/{version:020d}.json")
-        except MergeError:
-            return None
-        if raw is None:
-            return None
-        paths = set()
-        for line in raw.decode("utf-8", "replace").splitlines():
-            try:
-                action = json.loads(line)
-            except ValueError:
-                return None
-            if isinstance(action, dict) and isinstance(action.get("add"), dict):
-                paths.add(unquote(str(action["add"].get("path"))))
-        return paths
+        return deltalog.added_paths(self.prefix, version)
 
     def keys_of(self, files: Sequence[FileStat], schema: pa.Schema) -> pa.Table | None:
         """The key columns of a few new files, read from the files themselves (the catch-up

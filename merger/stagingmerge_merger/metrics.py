@@ -21,6 +21,10 @@ NOTHING_TO_MERGE = "nothing_to_merge"
 DRY_RUN = "dry_run"
 INTERRUPTED = "interrupted"
 STAGING_CHANGED = "staging_changed"
+# merged (main is complete), but staging could not be deleted: exit 1, a rerun finishes it
+STAGING_NOT_DELETED = "staging_not_deleted"
+# main holds keys twice that the concurrent-writer repair could not rewrite: exit 1
+DUPLICATES_LEFT = "duplicates_left"
 FAILED = "failed"
 INVALID_INPUT = "invalid_input"
 RUNNING = "running"

@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import re
+import stat
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -304,6 +305,9 @@ class Prefix:
                 raise InvalidInputError(f"{path} is a file, not a table directory")
             if not path.is_dir() or not any(path.iterdir()):
                 return PrefixState(exists=False, has_delta_log=False, marker=None)
+            log_dir = path / DELTA_LOG
+            has_log = log_dir.is_dir() and any(log_dir.iterdir())
+            return PrefixState(exists=True, has_delta_log=has_log, marker=self._read_marker())
         import obstore
 
         store = self._open()
@@ -341,6 +345,25 @@ class Prefix:
         except Exception as exc:
             raise _store_error(exc, self.location, self._options, "read") from exc
 
+    def list(self, relative: str, after: str | None = None) -> list[tuple[str, int]]:
+        """(path relative to `relative`, size) of every object under the folder `relative`
+        (read as delta-rs reads: through symbolic links on a local disk); only those whose
+        path sorts after `after` (relative to this location), when given."""
+        import obstore
+
+        folder = relative.rstrip("/") + "/"
+        try:
+            found = []
+            listing = obstore.list(self._open(), prefix=folder, offset=after, chunk_size=1000)
+            for chunk in listing:
+                for meta in chunk:
+                    found.append((str(meta["path"])[len(folder) :], int(meta["size"])))
+        except FileNotFoundError:
+            return []
+        except Exception as exc:
+            raise _store_error(exc, self.location, self._options, "list") from exc
+        return found
+
     def put(self, relative: str, data: bytes) -> None:
         import obstore
 
@@ -348,6 +371,17 @@ class Prefix:
             obstore.put(self._open(), relative, data)
         except Exception as exc:
             raise _store_error(exc, self.location, self._options, "write to") from exc
+
+    def delete(self, relative: str) -> None:
+        """Delete the object at `relative`; nothing there is fine."""
+        import obstore
+
+        try:
+            obstore.delete(self._open(), relative)
+        except FileNotFoundError:
+            pass
+        except Exception as exc:
+            raise _store_error(exc, self.location, self._options, "delete") from exc
 
     def create(self, relative: str, data: bytes) -> bool:
         """Write `data` at `relative` only if nothing is there (atomic: a conditional put on
@@ -385,6 +419,11 @@ class Prefix:
         for a table still to merge; the marker, deleted last, tells a rerun that
         the merge finished and only the clean-up is left. Returns objects deleted.
         """
+        if self.location.is_local:
+            try:
+                return _delete_local(Path(self.location.path))
+            except OSError as exc:
+                raise _store_error(exc, self.location, self._options, "delete") from exc
         import obstore
 
         store = self._open()
@@ -405,9 +444,77 @@ class Prefix:
                 pass
         except Exception as exc:
             raise _store_error(exc, self.location, self._options, "delete") from exc
-        if self.location.is_local:
-            _remove_empty_dirs(Path(self.location.path))
         return deleted
+
+
+_NO_FOLLOW_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+
+
+def _delete_local(root: Path) -> int:
+    """`delete_all` on a local disk, by hand rather than through obstore (which follows
+    symbolic links: a link in staging to main would delete main's files). Links are
+    removed as links and never descended; directories are opened relative to their
+    parent with O_NOFOLLOW, so a directory swapped for a link meanwhile is refused, not
+    followed. Same order: `_delta_log/` first, the marker last. Returns files removed."""
+    try:
+        top = os.open(root, _NO_FOLLOW_DIR)
+    except FileNotFoundError:
+        return 0
+    try:
+        names = os.listdir(top)  # noqa: PTH208 (an fd: pathlib cannot list one)
+        deleted = _remove(top, DELTA_LOG) if DELTA_LOG in names else 0
+        failpoints.hit("staging-delete")  # tests only: crash half-way
+        for name in names:
+            if name not in (DELTA_LOG, COMPLETION_MARKER):
+                deleted += _remove(top, name)
+        if COMPLETION_MARKER in names:
+            deleted += _remove(top, COMPLETION_MARKER)
+    finally:
+        os.close(top)
+    with contextlib.suppress(OSError):  # not empty: somebody wrote here meanwhile
+        root.rmdir()
+    return deleted
+
+
+def _remove(parent: int, name: str) -> int:
+    """Remove `name` (in the directory open as `parent`) and, for a real directory, all it
+    holds; returns the files and links removed. Something already gone counts as done."""
+    try:
+        info = os.lstat(name, dir_fd=parent)
+        if not stat.S_ISDIR(info.st_mode):  # a file, or a link (to anything): unlinked
+            os.unlink(name, dir_fd=parent)
+            return 1
+        folder = os.open(name, _NO_FOLLOW_DIR, dir_fd=parent)
+        removed, failed = 0, None
+        try:
+            for entry in os.listdir(folder):  # noqa: PTH208 (an fd)
+                try:
+                    removed += _remove(folder, entry)
+                except OSError as exc:  # the rest still goes: a rerun has less to do
+                    failed = failed or exc
+        finally:
+            os.close(folder)
+        if failed:
+            raise failed
+        os.rmdir(name, dir_fd=parent)
+        return removed
+    except FileNotFoundError:
+        return 0
+
+
+def links_reaching(root: Location, other: Location) -> list[tuple[str, str]]:
+    """(link, target) for every symbolic link under the local directory `root` whose
+    target lies in `other` or holds it (a link to main, to its parent, to `/`): read
+    through such a link, staging would be main's own files. Links are not followed."""
+    if not root.is_local or not other.is_local or not Path(root.path).is_dir():
+        return []
+    found = []
+    for folder, dirs, files in os.walk(root.path, followlinks=False):
+        for name in [*dirs, *files]:
+            path = Path(folder) / name
+            if path.is_symlink() and _local(path).overlaps(other):
+                found.append((str(path.relative_to(root.path)), str(path.resolve())))
+    return sorted(found)
 
 
 def _pages(listing: Iterable[Sequence[Any]]) -> Iterator[list[str]]:

@@ -33,6 +33,8 @@ R_NOTHING = "NothingToMerge"
 R_INVALID_SPEC = "InvalidSpec"
 R_INVALID_INPUT = "InvalidInput"
 R_MERGE_FAILED = "MergeFailed"
+R_STAGING_NOT_DELETED = "StagingNotDeleted"  # main is complete; deleting staging failed
+R_DUPLICATES_LEFT = "DuplicatesLeft"  # a concurrent writer's keys twice, not repairable yet
 R_DEADLINE = "DeadlineExceeded"
 R_JOB_REFUSED = "JobRefused"  # the API server refused the merge Job (4xx)
 R_TTL_DELETE_REFUSED = "TTLDeleteRefused"  # (an Event) the API server refused the TTL's delete
@@ -146,6 +148,16 @@ def outcome_of(job: JobState, metrics: Mapping[str, Any] | None) -> Outcome:
         error = (metrics or {}).get("error")
         if (metrics or {}).get("outcome") == "invalid_input":
             return Outcome(FAILED, R_INVALID_INPUT, error or "the merge refused its input")
+        if (metrics or {}).get("outcome") == "duplicates_left":
+            return Outcome(
+                FAILED, R_DUPLICATES_LEFT, error or "main holds keys twice that were not repaired"
+            )
+        if (metrics or {}).get("outcome") == "staging_not_deleted":
+            return Outcome(
+                FAILED,
+                R_STAGING_NOT_DELETED,
+                error or "main is complete, but staging could not be deleted",
+            )
         if job.failure_reason == "DeadlineExceeded":
             return Outcome(
                 FAILED, R_DEADLINE, job.failure_message or "activeDeadlineSeconds passed"

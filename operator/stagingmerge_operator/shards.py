@@ -30,9 +30,11 @@ SUMMED = (
     "main_files_caught_up",
 )
 OUTCOME_ORDER = (
+    "duplicates_left",
     "invalid_input",
     "failed",
     "staging_changed",
+    "staging_not_deleted",
     "interrupted",
     "running",
 )  # first wins

@@ -110,6 +110,12 @@ def test_outcomes():
         )
     )
     assert c.outcome_of(deadline, None).reason == "DeadlineExceeded"
+    left = c.outcome_of(retried, {"outcome": "duplicates_left", "error": "keys twice: (1,)"})
+    assert (left.phase, left.reason) == ("Failed", "DuplicatesLeft")
+    assert left.message == "keys twice: (1,)"
+    kept = c.outcome_of(retried, {"outcome": "staging_not_deleted"})
+    assert (kept.phase, kept.reason) == ("Failed", "StagingNotDeleted")
+    assert "staging could not be deleted" in kept.message
     assert c.outcome_of(c.job_state(job(active=1)), None).phase == "Running"
     assert c.outcome_of(c.job_state(job()), None).phase == "Pending"
 

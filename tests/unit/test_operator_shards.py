@@ -73,6 +73,16 @@ def test_the_worst_shard_outcome_is_the_merge_outcome():
         "invalid_input",
         "bad schema",
     )
+    worst = shards.sum_metrics(
+        [
+            shard_metrics(outcome="staging_not_deleted"),
+            shard_metrics(outcome="duplicates_left"),
+            shard_metrics(outcome="invalid_input"),
+        ]
+    )
+    assert worst is not None and worst["outcome"] == "duplicates_left"
+    kept = shards.sum_metrics([shard_metrics(), shard_metrics(outcome="staging_not_deleted")])
+    assert kept is not None and kept["outcome"] == "staging_not_deleted"
 
 
 def test_shards_that_read_different_versions_of_staging_are_not_a_whole_merge():
