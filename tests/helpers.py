@@ -107,11 +107,27 @@ def run_cli_after_first_batch(
 
 
 def run_cli(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 120, command: str = CLI
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+    command: str = CLI,
+    confined_to: Path | None = None,
 ) -> CliResult:
-    """Run the real `stagingmerge-merge` (or `command`) as a process with JSON logs."""
+    """Run the real `stagingmerge-merge` (or `command`) as a process with JSON logs;
+    `confined_to`: with every file outside that folder read-only (tests/confine.py; the
+    test skips where that is not possible)."""
+    argv = [command, "--log-format", "json", *args]
+    if confined_to is not None:
+        import pytest
+
+        from tests import confine
+
+        wrapped = confine.confined(argv, confined_to)
+        if wrapped is None:
+            pytest.skip("cannot confine the run to its folder here (unshare refused)")
+        argv = wrapped
     proc = subprocess.run(
-        [command, "--log-format", "json", *args],
+        argv,
         capture_output=True,
         text=True,
         timeout=timeout,

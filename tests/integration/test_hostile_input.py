@@ -1,5 +1,9 @@
 """Hostile and broken input (issue 29): the merge never deletes outside staging, never
-deletes rows it did not merge, and never reports success over a wrong main."""
+deletes rows it did not merge, and never reports success over a wrong main.
+
+Every run given a staging with links in it is confined to its test's folder
+(tests/confine.py): were the deletion ever to follow a link again, the link to `/` would
+otherwise erase the machine running the tests."""
 
 from __future__ import annotations
 
@@ -50,7 +54,7 @@ def test_links_inside_staging_are_deleted_as_links_and_what_they_reach_is_kept(t
     outside = tree_hash(sibling)
     expected = expected_union(rows(main), rows(staging))
 
-    result = run_cli("--main", str(main), "--staging", str(staging))
+    result = run_cli("--main", str(main), "--staging", str(staging), confined_to=tmp_path)
 
     assert result.code == 0, result.stderr
     assert result.metrics["outcome"] == "merged" and not staging.exists()
@@ -67,7 +71,7 @@ def test_a_staging_linking_into_main_is_refused_before_any_write(tmp_path, targe
     (staging / "link").symlink_to(reach[target])
     before = tree_hash(main, staging)
 
-    result = run_cli("--main", str(main), "--staging", str(staging))
+    result = run_cli("--main", str(main), "--staging", str(staging), confined_to=tmp_path)
 
     assert result.code == 2, result.stderr
     assert result.metrics["outcome"] == "invalid_input"
@@ -87,7 +91,7 @@ def test_a_link_to_the_root_in_local_staging_is_removed_as_a_link(tmp_path, stor
     (staging / "root").symlink_to("/")
     expected = sorted(set(store.keys("main")) | set(key_list(staging)))
 
-    result = run_cli("--main", main, "--staging", str(staging), env=store.env)
+    result = run_cli("--main", main, "--staging", str(staging), env=store.env, confined_to=tmp_path)
 
     assert result.code == 0, result.stderr
     assert not staging.exists() and canary.read_text() == "outside staging"
