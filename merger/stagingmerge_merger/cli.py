@@ -28,7 +28,7 @@ allocator.tune()  # before pyarrow and deltalake (imported below) start their th
 
 import structlog
 
-from . import __version__, plan, shards
+from . import __version__, plan, redact, shards, storeoptions
 from .engine import MergeRequest, Progress, run_merge
 from .errors import EXIT_INVALID, EXIT_OK, EXIT_RETRY, InvalidInputError, MergeError
 from .logs import BarProgress, LogProgress, configure, resolve_format
@@ -52,8 +52,19 @@ log = structlog.get_logger("stagingmerge.merge")
 
 
 class Parser(argparse.ArgumentParser):
+    """argparse, with its messages fit to print: a token it does not recognize could be a
+    mistyped option's secret value, so those are shown by name only (redact.py)."""
+
+    def parse_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> argparse.Namespace:
+        parsed, unknown = self.parse_known_args(args, namespace)
+        if unknown:
+            self.error(f"unrecognized arguments: {redact.argv_for_message(unknown)}")
+        return parsed
+
     def error(self, message: str) -> NoReturn:
-        raise InvalidInputError(f"{self.prog}: {message} (see --help)")
+        raise InvalidInputError(f"{self.prog}: {redact.parser_message(message)} (see --help)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -169,6 +180,7 @@ def add_common_options(p: argparse.ArgumentParser) -> None:
 
 
 def request_from_args(args: argparse.Namespace) -> MergeRequest:
+    options = storage_options_from(args)  # first: registered, so no message shows a secret
     return MergeRequest(
         main=parse_location(args.main),
         staging=parse_location(args.staging),
@@ -176,7 +188,7 @@ def request_from_args(args: argparse.Namespace) -> MergeRequest:
         batch_rows=plan.parse_batch_rows(args.batch_rows),
         keep_staging=args.keep_staging,
         dry_run=args.dry_run,
-        storage_options=storage_options_from(args),
+        storage_options=options,
         partition_by=plan.parse_columns(args.partition_by, "--partition-by"),
         allowed_prefixes=tuple(allowed_prefixes()),
         first_by=plan.parse_columns(args.first_by, "--first-by"),
@@ -272,7 +284,11 @@ def run_command(
 
 
 def storage_options_from(args: argparse.Namespace) -> dict[str, str]:
-    return {**options_from_environment(), **parse_storage_options(args.storage_option)}
+    """The run's storage options, their secrets registered for redaction (redact.py)."""
+    options = {**options_from_environment(), **parse_storage_options(args.storage_option)}
+    redact.register(options)
+    storeoptions.validate(options)
+    return options
 
 
 def run(argv: Sequence[str] | None = None) -> int:

@@ -35,6 +35,7 @@ from . import failpoints
 from . import plan as key_plan
 from .delta import CommitConflictError, Table, TableNotFoundError
 from .errors import InvalidInputError, MergeInterruptedError
+from .metrics import fit_json
 from .storage import Location
 
 log = structlog.get_logger("stagingmerge.cluster")
@@ -80,7 +81,7 @@ class ClusterMetrics:
     error: str | None = None
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=False)
+        return fit_json(asdict(self))
 
 
 def value_text(value: Any) -> str:

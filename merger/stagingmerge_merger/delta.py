@@ -211,7 +211,7 @@ class Table:
         cls, location: Location, options: Mapping[str, str], version: int | None = None
     ) -> Table:
         with translate_errors(location, options, "open"):
-            dt = DeltaTable(location.uri, version=version, storage_options=dict(options) or None)
+            dt = DeltaTable(location.url, version=version, storage_options=dict(options) or None)
             dt.protocol()  # fail now, not half-way, on a log this library can't read
         return cls(dt, location, options)
 
@@ -228,7 +228,7 @@ class Table:
         after it leaves a valid table that a rerun appends to."""
         with translate_errors(location, options, "create"):
             DeltaTable.create(
-                location.uri,
+                location.url,
                 schema=schema,
                 partition_by=list(partition_by) or None,
                 storage_options=dict(options) or None,

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import structlog
 
+from . import redact
 from .metrics import BatchResult, MergeMetrics
 
 log = structlog.get_logger("stagingmerge.merge")
@@ -32,12 +34,28 @@ def configure(fmt: str, stream: TextIO = sys.stderr) -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            _scrubbed,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
         logger_factory=structlog.PrintLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
+
+
+def _scrubbed(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> dict[str, Any]:
+    """Every string of every event without a registered secret or URL user-info."""
+    return {key: _scrub_value(value) for key, value in event.items()}
+
+
+def _scrub_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact.scrub(value)
+    if isinstance(value, dict):
+        return {k: _scrub_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrub_value(v) for v in value]
+    return value
 
 
 class LogProgress:

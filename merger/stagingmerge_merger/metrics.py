@@ -11,9 +11,11 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 TERMINATION_LOG = Path("/dev/termination-log")
-MAX_BYTES = 4096
+MAX_BYTES = 4095  # the kubelet keeps 4096 bytes: the line and its newline
+CUT = " [...]"
 
 # outcome values
 MERGED = "merged"
@@ -84,12 +86,29 @@ class MergeMetrics:
         """One line of JSON under MAX_BYTES (the error message is cut to fit)."""
         data = asdict(self)
         data["duration_seconds"] = round(self.duration_seconds, 3)
-        text = json.dumps(data, separators=(",", ":"))
-        if len(text.encode()) > MAX_BYTES and self.error:
-            overflow = len(text.encode()) - MAX_BYTES + 3
-            data["error"] = self.error[: max(0, len(self.error) - overflow)] + "..."
-            text = json.dumps(data, separators=(",", ":"))
+        return fit_json(data)
+
+
+def _dump(data: dict[str, Any]) -> str:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+
+def fit_json(data: dict[str, Any], limit: int = MAX_BYTES) -> str:
+    """`data` as one line of JSON of at most `limit` UTF-8 bytes: a long `error` keeps its
+    start (what went wrong comes first in every message) and ends in " [...]". The cut is
+    measured on the encoded JSON, so escapes and multi-byte characters cannot overflow."""
+    text = _dump(data)
+    error = data.get("error")
+    if len(text.encode()) <= limit or not isinstance(error, str):
         return text
+    low, high = 0, len(error)  # the longest prefix that fits: binary search on its length
+    while low < high:
+        middle = (low + high + 1) // 2
+        if len(_dump({**data, "error": error[:middle] + CUT}).encode()) <= limit:
+            low = middle
+        else:
+            high = middle - 1
+    return _dump({**data, "error": error[:low] + CUT})
 
 
 def default_metrics_path() -> Path | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -51,7 +52,10 @@ def parse_columns(text: str, option: str) -> tuple[str, ...]:
     return columns
 
 
-_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
+
+
+MAX_SIZE = 2**50  # 1 PiB: anything larger is a typo, not a machine
 
 
 def parse_size(text: str, option: str) -> int:
@@ -64,10 +68,11 @@ def parse_size(text: str, option: str) -> int:
         raise InvalidInputError(
             f"{option} must be a size such as 512M or 2G, got {text!r}"
         ) from None
-    size = int(value * _SIZE_UNITS[unit])
-    if size <= 0:
-        raise InvalidInputError(f"{option} must be positive, got {text!r}")
-    return size
+    if not math.isfinite(value) or not 0 < value * _SIZE_UNITS[unit] <= MAX_SIZE:
+        raise InvalidInputError(
+            f"{option} must be a positive size up to 1P, got {text.strip()[:40]!r}"
+        )
+    return max(1, int(value * _SIZE_UNITS[unit]))
 
 
 def parse_batch_rows(value: int, option: str = "--batch-rows") -> int:

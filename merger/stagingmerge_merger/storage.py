@@ -16,15 +16,19 @@ import re
 import stat
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import structlog
 
 from . import failpoints
 from .errors import InvalidInputError, StorageError
+from .redact import is_secret_name, redact_options, scrub, strip_userinfo
+from .storeoptions import parse_duration, split_store_options
+
+# where they were first defined
+__all__ = ["is_secret_name", "parse_duration", "redact_options", "scrub", "split_store_options"]
 
 # URI scheme -> store kind. `kind` is what nesting and safety checks compare.
 _SCHEMES = {
@@ -45,10 +49,6 @@ SUPPORTED_SCHEMES = "a local path, file://, s3://, s3a://, gs://, az://, abfs://
 COMPLETION_MARKER = "_stagingmerge_merged.json"
 DELTA_LOG = "_delta_log"
 ALLOWED_PREFIXES_ENV = "STAGINGMERGE_ALLOWED_PREFIXES"
-
-# Storage option names whose values are never printed.
-_SECRET_HINTS = ("SECRET", "TOKEN", "KEY", "PASSWORD", "SAS", "CREDENTIAL", "SIGNATURE")
-_ENV_PREFIXES = ("AWS_", "AZURE_", "GOOGLE_", "GCS_")
 
 
 @dataclass(frozen=True)
@@ -80,8 +80,21 @@ class Location:
     def overlaps(self, other: Location) -> bool:
         return self.contains(other) or other.contains(self)
 
+    @property
+    def url(self) -> str:
+        """The location as delta-rs and obstore take it: a URL, its path percent-encoded
+        (they decode it once), so a `%` in a local path or a key is that character."""
+        if self.is_local:
+            return Path(self.path).as_uri()
+        if not self.path:
+            return self.uri
+        return self.uri[: len(self.uri) - len(self.path)] + quote(self.path, safe=_PCHARS)
+
     def __str__(self) -> str:
         return self.uri
+
+
+_PCHARS = "/=:@!$&'()*+,;-._~"  # RFC 3986 path characters left as they are
 
 
 def _same_container(a: str, b: str) -> bool:
@@ -113,7 +126,7 @@ def parse_location(text: str) -> Location:
         )
     if kind == "file":
         if parts.netloc not in ("", "localhost"):
-            raise InvalidInputError(f"{raw}: file:// URIs must not name a host")
+            raise InvalidInputError(f"{_redact_uri(raw)}: file:// URIs must not name a host")
         return _local(Path(unquote(parts.path)))
     if not parts.netloc:
         raise InvalidInputError(f"{_redact_uri(raw)}: the URI names no bucket or container")
@@ -122,15 +135,37 @@ def parse_location(text: str) -> Location:
     container = parts.netloc
     if kind == "az" and "@" in parts.netloc:
         name, host = parts.netloc.split("@", 1)
-        container = f"{host.split('.', 1)[0]}/{name}"
+        if ":" in name:
+            raise InvalidInputError(
+                f"{_redact_uri(raw)}: a password in the URI is not allowed; pass the key as"
+                " --storage-option azure_storage_account_key=... or AZURE_STORAGE_ACCOUNT_KEY"
+            )
+        # DNS names and Azure container names are case-insensitive (containers are lower
+        # case by Azure's rules), whichever host (blob or dfs) names the account
+        container = f"{host.split('.', 1)[0].lower()}/{name.lower()}"
+    elif kind == "az":
+        container = container.lower()
     path = _clean_key(unquote(parts.path), raw)
+    _refuse_percent(path, _redact_uri(raw))
     uri = f"{scheme}://{parts.netloc}/{path}" if path else f"{scheme}://{parts.netloc}"
     return Location(kind, container, path, uri)
 
 
 def _local(path: Path) -> Location:
     resolved = path.expanduser().resolve()
+    _refuse_percent(str(resolved), str(resolved))
     return Location("file", "", str(resolved), str(resolved))
+
+
+def _refuse_percent(path: str, shown: str) -> None:
+    """delta-rs (1.x) percent-decodes a table's path a second time when it reads the log
+    (`run%41` is read as `runA`, however the URL is encoded), so a `%` in a path would
+    make it read or write another folder: refused until it can be addressed."""
+    if "%" in path:
+        raise InvalidInputError(
+            f"{shown}: a '%' in a table path cannot be used (delta-rs decodes table paths"
+            " twice, so it would read or write another folder); rename the folder"
+        )
 
 
 def _clean_key(path: str, raw: str) -> str:
@@ -142,10 +177,9 @@ def _clean_key(path: str, raw: str) -> str:
 
 def _redact_uri(raw: str) -> str:
     parts = urlsplit(raw)
-    netloc = parts.netloc
-    if "@" in netloc and parts.scheme.lower() not in ("abfs", "abfss"):
-        netloc = "***@" + netloc.rsplit("@", 1)[1]
-    return f"{parts.scheme}://{netloc}{parts.path}" + ("?***" if parts.query else "")
+    return strip_userinfo(f"{parts.scheme}://{parts.netloc}{parts.path}") + (
+        "?***" if parts.query or parts.fragment else ""
+    )
 
 
 # --- storage options ------------------------------------------------------------
@@ -187,24 +221,6 @@ def options_from_environment(environ: Mapping[str, str] = os.environ) -> dict[st
 def redact_option_text(pair: str) -> str:
     key = pair.partition("=")[0]
     return f"{key}=***" if "=" in pair else "***"
-
-
-def is_secret_name(key: str) -> bool:
-    return any(hint in key.upper() for hint in _SECRET_HINTS)
-
-
-def redact_options(options: Mapping[str, str]) -> dict[str, str]:
-    """The options as they may be logged: values of secret-looking keys replaced."""
-    return {key: "***" if is_secret_name(key) else value for key, value in options.items()}
-
-
-def scrub(message: str, options: Mapping[str, str]) -> str:
-    """Replace every secret-looking storage option or cloud env var value in a message."""
-    env = {k: v for k, v in os.environ.items() if k.upper().startswith(_ENV_PREFIXES)}
-    secrets = {v for k, v in {**env, **options}.items() if len(v) >= 4 and is_secret_name(k)}
-    for secret in sorted(secrets, key=len, reverse=True):
-        message = message.replace(secret, "***")
-    return message
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -280,7 +296,7 @@ class Prefix:
                 else:
                     config, client, retry = split_store_options(self._options)
                     self._store = from_url(
-                        self.location.uri,
+                        self.location.url,
                         config=config or None,
                         client_options=client or None,
                         retry_config=retry,
@@ -512,7 +528,8 @@ def links_reaching(root: Location, other: Location) -> list[tuple[str, str]]:
     for folder, dirs, files in os.walk(root.path, followlinks=False):
         for name in [*dirs, *files]:
             path = Path(folder) / name
-            if path.is_symlink() and _local(path).overlaps(other):
+            target = str(path.resolve())
+            if path.is_symlink() and Location("file", "", target, target).overlaps(other):
                 found.append((str(path.relative_to(root.path)), str(path.resolve())))
     return sorted(found)
 
@@ -556,71 +573,3 @@ _AUTH_ERROR = re.compile(
 
 def looks_like_auth_error(text: str) -> bool:
     return _AUTH_ERROR.search(text) is not None
-
-
-# obstore's retry policy for the clean-up: a few attempts with backoff on 5xx/timeouts.
-_RETRY: dict[str, Any] = {"max_retries": 5, "retry_timeout": timedelta(seconds=60)}
-
-# Options delta-rs accepts that object_store calls "client options" in obstore.
-_CLIENT_OPTION_NAMES = {
-    "allow_http",
-    "allow_invalid_certificates",
-    "connect_timeout",
-    "timeout",
-    "pool_idle_timeout",
-    "pool_max_idle_per_host",
-    "proxy_url",
-    "user_agent",
-    "http1_only",
-    "http2_only",
-    "default_content_type",
-}
-_CLIENT_PREFIXES = ("aws_", "azure_", "google_", "gcs_")
-
-
-def split_store_options(
-    options: Mapping[str, str],
-) -> tuple[dict[str, str], dict[str, Any], dict[str, Any]]:
-    """deltalake-style options into obstore's (store config, client options, retry config)."""
-    config: dict[str, str] = {}
-    client: dict[str, Any] = {}
-    retry: dict[str, Any] = dict(_RETRY)
-    for key, value in options.items():
-        name = key.lower()
-        bare = next((name[len(p) :] for p in _CLIENT_PREFIXES if name.startswith(p)), name)
-        if name == "max_retries":
-            retry["max_retries"] = int(value)
-        elif name == "retry_timeout":
-            retry["retry_timeout"] = parse_duration(value)
-        elif bare in _CLIENT_OPTION_NAMES:
-            client[bare] = value
-        elif name not in _DELTA_ONLY_OPTIONS:
-            config[name] = value
-    return config, client, retry
-
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-
-
-def parse_duration(text: str) -> timedelta:
-    """`500ms`, `3s`, `2m`, `1h` or bare seconds, as object_store's options take them."""
-    match = _DURATION.match(text)
-    if not match:
-        raise InvalidInputError(f"cannot read {text!r} as a duration (use e.g. 500ms, 30s, 2m)")
-    value, unit = float(match.group(1)), match.group(2) or "s"
-    return timedelta(seconds=value * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit])
-
-
-# Options only delta-rs understands (locking, conditional puts); obstore would reject them.
-_DELTA_ONLY_OPTIONS = {
-    "aws_s3_locking_provider",
-    "aws_s3_allow_unsafe_rename",
-    "dynamo_lock_table_name",
-    "delta_dynamo_table_name",
-    "aws_s3_pool_idle_timeout_seconds",
-    "aws_sts_pool_idle_timeout_seconds",
-    "aws_s3_get_internal_server_error_retries",
-    "conditional_put",
-    "aws_conditional_put",
-    "aws_copy_if_not_exists",
-}

@@ -188,6 +188,35 @@ CASES: dict[str, tuple[Setup, str]] = {
         "--storage-option needs KEY=VALUE",
     ),
     "unknown log format": (plain("--log-format", "xml"), "invalid choice: 'xml'"),
+    # issue 29: every option value checked before anything starts
+    "key memory not a number": (plain("--key-memory", "nan"), "--key-memory must be a positive"),
+    "infinite key memory": (plain("--key-memory", "inf"), "--key-memory must be a positive"),
+    "key memory past any machine": (plain("--key-memory", "1e400"), "must be a positive size"),
+    "retries not a number": (
+        plain("--storage-option", "max_retries=abc"),
+        "storage option max_retries: 'abc' is not a whole number",
+    ),
+    "retry timeout not a duration": (
+        plain("--storage-option", "retry_timeout=forever"),
+        "retry_timeout: cannot read 'forever' as a duration",
+    ),
+    "connect timeout not a duration": (
+        plain("--storage-option", "connect_timeout=abc"),
+        "connect_timeout: the store cannot use the value 'abc' \\(not a duration\\)",
+    ),
+    "allow_http not a boolean": (
+        plain("--storage-option", "allow_http=maybe"),
+        "allow_http: the store cannot use the value 'maybe' \\(not a boolean\\)",
+    ),
+    "unknown storage option": (
+        plain("--storage-option", "aws_secret_acces_key=x"),
+        "unknown storage option aws_secret_acces_key",
+    ),
+    "a % in a local path": (plain("--main", "/tmp/main%41x"), "a '%' in a table path"),
+    "a password in an Azure URI": (
+        plain("--staging", "abfss://c:KEY@acct.dfs.core.windows.net/s"),
+        "a password in the URI is not allowed",
+    ),
 }
 
 

@@ -334,3 +334,32 @@ def test_nothing_to_insert_still_fails_while_a_recorded_repair_is_owed(tmp_path)
 
     assert again.code == 1 and again.metrics["outcome"] == "duplicates_left"
     assert staging.exists() and len(key_list(main)) == 2 + 4 + 4
+
+
+# --- 12. the termination message ---------------------------------------------------------
+
+
+def test_a_huge_error_still_fits_the_termination_message(tmp_path):
+    """A schema mismatch over hundreds of non-ASCII column names: the metrics file (the
+    termination message) stays valid JSON within the kubelet's 4096 bytes, the error's
+    start kept."""
+    import pyarrow as pa
+
+    main, staging = tmp_path / "main", tmp_path / "staging"
+    write(main, pa.table({"id": [1]}))
+    wide = {"id": [2], **{f'колонка_ü_{i:03d}_"quoted"': [i] for i in range(400)}}
+    write(staging, pa.table(wide))
+    metrics_file = tmp_path / "metrics.json"
+
+    result = run_cli(
+        "--main", str(main), "--staging", str(staging), "--keys", "id",
+        "--metrics-file", str(metrics_file),
+    )  # fmt: skip
+
+    assert result.code == 2, result.stderr
+    raw = metrics_file.read_bytes()
+    assert len(raw) <= 4096
+    reported = json.loads(raw)
+    assert reported["outcome"] == "invalid_input"
+    assert reported["error"].startswith("schema mismatch: staging has columns main lacks")
+    assert reported["error"].endswith(" [...]")

@@ -1,5 +1,8 @@
 import json
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from stagingmerge_merger import metrics
 from stagingmerge_merger.metrics import MergeMetrics
 
@@ -25,7 +28,22 @@ def test_json_has_the_documented_keys():
 def test_json_stays_under_the_termination_message_limit():
     text = MergeMetrics(error="x" * 10_000).to_json()
     assert len(text.encode()) <= metrics.MAX_BYTES
-    assert json.loads(text)["error"].endswith("...")
+    assert json.loads(text)["error"].endswith(metrics.CUT)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(min_size=0, max_size=6000))
+def test_any_error_fits_and_keeps_its_start(error):
+    """Escapes (quotes, control characters) and multi-byte characters (non-ASCII column
+    names, emoji) all count: the encoded line is what the kubelet cuts."""
+    text = MergeMetrics(outcome="invalid_input", error=error).to_json()
+    assert len(text.encode("utf-8")) + 1 <= 4096  # with its newline
+    shown = json.loads(text)["error"]
+    if shown == error:
+        return
+    assert shown.endswith(metrics.CUT)
+    kept = shown.removesuffix(metrics.CUT)
+    assert error.startswith(kept) and len(kept) > 0
 
 
 def test_default_path_is_the_termination_log_only_when_it_exists(tmp_path, monkeypatch):

@@ -173,3 +173,66 @@ def test_one_line_folds_rust_cause_chains():
 )
 def test_auth_errors_are_told_apart_from_outages(text, auth):
     assert storage.looks_like_auth_error(text) is auth
+
+
+# --- issue 29: location identity by the store's rules, redaction by structure ----------
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("abfss://data@MyAcct.dfs.core.windows.net/t/main", "abfss://data@myacct.dfs.core.windows.net/t/main"),
+        ("az://data/t/main", "abfss://data@myacct.dfs.core.windows.net/t/main/"),
+        ("abfs://data@myacct.blob.core.windows.net/t/main", "abfss://data@myacct.dfs.core.windows.net/t/main"),
+        ("az://Data/t/main", "azure://data/t/main"),
+        ("s3://lake/t/main/", "s3a://lake//t/./main"),
+    ],
+)  # fmt: skip
+def test_one_location_spelled_two_ways_is_the_same(a, b):
+    assert storage.parse_location(a).overlaps(storage.parse_location(b))
+    assert storage.parse_location(b).contains(storage.parse_location(a + "/staging"))
+
+
+def test_other_accounts_are_other_locations():
+    a = storage.parse_location("abfss://data@one.dfs.core.windows.net/t")
+    b = storage.parse_location("abfss://data@two.dfs.core.windows.net/t")
+    assert not a.overlaps(b)
+
+
+def test_urls_reach_the_stores_percent_encoded_once():
+    assert storage.parse_location("s3://b/run 1/x").url == "s3://b/run%201/x"
+    assert storage.parse_location("/tmp/a b").url == "file:///tmp/a%20b"
+    assert storage.parse_location("file:///tmp/a%20b").path == "/tmp/a b"
+
+
+@pytest.mark.parametrize("raw", ["/tmp/main%41x", "file:///tmp/a%2541", "s3://b/run%2541"])
+def test_a_percent_in_a_table_path_is_refused(raw):
+    with pytest.raises(InvalidInputError, match="a '%' in a table path"):
+        storage.parse_location(raw)
+
+
+def test_user_info_is_removed_from_any_url():
+    from stagingmerge_merger import redact
+
+    text = "via http://bob:hunter22@proxy:3128 to abfss://data:KEY123@acct.dfs.core.windows.net/x"
+    assert redact.strip_userinfo(text) == (
+        "via http://***@proxy:3128 to abfss://data:***@acct.dfs.core.windows.net/x"
+    )
+    assert redact.strip_userinfo("abfss://data@acct.dfs.core.windows.net/x") == (
+        "abfss://data@acct.dfs.core.windows.net/x"
+    )
+    assert redact.redact_options({"proxy_url": "http://u:pw@h:1", "AWS_REGION": "eu"}) == {
+        "proxy_url": "http://***@h:1",
+        "AWS_REGION": "eu",
+    }
+    assert "pw%2Fx" not in redact.scrub("p=pw%2Fx and pw/x", {"proxy_url": "http://u:pw%2Fx@h"})
+
+
+def test_unrecognized_arguments_are_shown_by_name_only():
+    from stagingmerge_merger import redact
+
+    tokens = ["--storage-options", "aws_secret_access_key=s", "--x=secret", "-v"]
+    assert redact.argv_for_message(tokens) == "--storage-options *** --x=*** -v"
+    assert redact.parser_message("ambiguous option: --st=abc could match") == (
+        "ambiguous option: --st=*** could match"
+    )
