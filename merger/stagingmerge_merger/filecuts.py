@@ -34,6 +34,7 @@ from itertools import pairwise
 
 import pyarrow as pa
 
+from . import keyvalues
 from .keyspace import KeyTuple, Span
 
 TOLERANCE = 1.25  # a shard's estimated rows may exceed an even share by a quarter
@@ -63,6 +64,7 @@ def ranges_of(stats: pa.Table, names: Sequence[str]) -> list[FileRange] | None:
     if "num_records" not in stats.column_names or any(c not in stats.column_names for c in columns):
         return None
     rows = stats.column("num_records").to_pylist()
+    stats = keyvalues.as_numbers(stats.select(["num_records", *columns]))
     lows = list(zip(*(stats.column(f"min.{n}").to_pylist() for n in names), strict=True))
     highs = list(zip(*(stats.column(f"max.{n}").to_pylist() for n in names), strict=True))
     files = []

@@ -22,6 +22,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .keyvalues import as_number_array
+
 Prefix = tuple[Any, ...]
 
 
@@ -159,7 +161,7 @@ class _Coded:
         for name in prefix_names:
             # numbered column by column, kept dense (< rows) so no number ever overflows
             encoded = pc.dictionary_encode(rows[name]).combine_chunks()
-            values = [*encoded.dictionary.to_pylist(), None]
+            values = [*as_number_array(encoded.dictionary).to_pylist(), None]
             size = len(values)
             indices = encoded.indices
             if indices.null_count:

@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 
 from . import keyindex
 from .keyindex import KeyIndex
+from .keyvalues import as_numbers
 from .plan import KeyRange
 
 POSITION = "__stagingmerge_position"
@@ -229,8 +230,58 @@ def row_fingerprints(rows: pa.Table) -> list[bytes]:
                 row, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_json
             ).encode()
         ).digest()
-        for row in rows.to_pylist()
+        for row in _python_rows(rows)
     ]
+
+
+def _python_rows(rows: pa.Table) -> list[dict[str, Any]]:
+    """The rows as Python values; a value Python's datetime cannot hold (a timestamp or
+    date past 9999 or before year 1, which Delta allows) as its type and stored integer
+    (`{"$physical": type, "value": n}`), so every value has a fingerprint and the ones
+    Python can hold keep the one they always had."""
+    try:
+        listed: list[dict[str, Any]] = rows.to_pylist()
+        return listed
+    except (OverflowError, ValueError):
+        columns = [_python_values(rows.column(name)) for name in rows.column_names]
+        names = rows.column_names
+        return [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)]
+
+
+def _python_values(column: pa.ChunkedArray) -> list[Any]:
+    try:
+        plain: list[Any] = column.to_pylist()
+        return plain
+    except (OverflowError, ValueError):
+        physical = column.cast(_physical(column.type)).to_pylist()
+        values = []
+        for scalar, number in zip(column, physical, strict=True):
+            try:
+                values.append(scalar.as_py())
+            except (OverflowError, ValueError):
+                values.append({"$physical": str(column.type), "value": number})
+        return values
+
+
+def _physical(kind: pa.DataType) -> pa.DataType:
+    """`kind` with every date, time, timestamp and duration replaced by its stored integer."""
+    if pa.types.is_timestamp(kind) or pa.types.is_date64(kind) or pa.types.is_duration(kind):
+        return pa.int64()
+    if pa.types.is_date32(kind) or pa.types.is_time32(kind):
+        return pa.int32()
+    if pa.types.is_time64(kind):
+        return pa.int64()
+    if pa.types.is_struct(kind):
+        return pa.struct([f.with_type(_physical(f.type)) for f in kind])
+    if pa.types.is_map(kind):
+        return pa.map_(_physical(kind.key_type), _physical(kind.item_type))
+    if pa.types.is_large_list(kind):
+        return pa.large_list(kind.value_field.with_type(_physical(kind.value_type)))
+    if pa.types.is_fixed_size_list(kind):
+        return pa.list_(kind.value_field.with_type(_physical(kind.value_type)), kind.list_size)
+    if pa.types.is_list(kind):
+        return pa.list_(kind.value_field.with_type(_physical(kind.value_type)))
+    return kind
 
 
 def _json(value: Any) -> Any:
@@ -254,6 +305,7 @@ def key_ranges(keys: pa.Table, names: Sequence[str]) -> list[KeyRange]:
     """Per prefix (all key columns but the last), the span of the last key column."""
     if keys.num_rows == 0:
         return []
+    keys = as_numbers(keys.select(list(names)))
     *prefix, last = names
     if not prefix:
         bounds = pc.min_max(keys[last])
@@ -275,5 +327,6 @@ def index_ranges(index: KeyIndex) -> list[KeyRange]:
 
 
 def key_tuples(keys: pa.Table, names: Sequence[str]) -> list[tuple[object, ...]]:
+    keys = as_numbers(keys.select(list(names)))
     columns = [keys[n].to_pylist() for n in names]
     return list(zip(*columns, strict=True))

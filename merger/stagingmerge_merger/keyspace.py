@@ -22,6 +22,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from . import keyvalues
 from .plan import quote_ident, sql_literal
 
 KeyTuple = tuple[Any, ...]
@@ -88,7 +89,9 @@ def plan_spans(
     batches = math.ceil(total_rows / batch_rows) if total_rows else 0
     if batches <= 1 or sample.num_rows == 0:
         return [Span()]
-    ordered = sample.select(list(names)).sort_by([(n, "ascending") for n in names])
+    ordered = keyvalues.as_numbers(sample.select(list(names))).sort_by(
+        [(n, "ascending") for n in names]
+    )
     points: list[KeyTuple] = []
     for j in range(1, batches):
         rank = min(ordered.num_rows - 1, (j * ordered.num_rows) // batches)
@@ -145,6 +148,7 @@ class _Rows(Sequence[KeyTuple]):
     """A sorted key table seen as a sequence of tuples, read only where bisect looks."""
 
     def __init__(self, table: pa.Table, names: Sequence[str]) -> None:
+        table = keyvalues.as_numbers(table.select(list(names)))
         self._columns = [table[n] for n in names]
         self._length = int(table.num_rows)
 

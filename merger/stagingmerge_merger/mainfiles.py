@@ -26,7 +26,7 @@ from urllib.parse import unquote
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import deltalog
+from . import deltalog, keyvalues
 from .delta import Table
 from .errors import MergeError
 from .storage import Prefix
@@ -65,7 +65,7 @@ class MainFiles:
     @classmethod
     def of(cls, table: Table, keys: Sequence[str], known: MainFiles | None = None) -> MainFiles:
         """Main's files at the table's version; footers `known` read are not read again."""
-        stats = table.key_file_stats(keys)
+        stats = keyvalues.as_numbers(table.key_file_stats(keys))
         missing = [None] * stats.num_rows
         sizes = stats.column("size_bytes").to_pylist()
         lows = zip(*(_column(stats, f"min.{k}", missing) for k in keys), strict=True)
@@ -138,6 +138,14 @@ class MainFiles:
         except (pa.ArrowException, ValueError, KeyError):
             return None  # let delta-rs read the ranges instead
         return pa.concat_tables(tables) if tables else schema.empty_table()
+
+
+def _bounds(stats: pq.Statistics) -> tuple[Any, Any]:
+    """A row group's min and max, a date as its day number (keyvalues.as_numbers): the
+    physical value, which also exists past year 9999."""
+    if str(stats.logical_type) == "Date":
+        return stats.min_raw, stats.max_raw
+    return stats.min, stats.max
 
 
 def _column(stats: pa.Table, name: str, missing: list[None]) -> list[Any]:
@@ -213,8 +221,9 @@ def _row_group_bytes(footer: pq.FileMetaData, physical: Sequence[str], boxes: Se
             stats = chunks[name].statistics if name in chunks else None
             if stats is None or not stats.has_min_max:
                 break
-            lows.append(stats.min)
-            highs.append(stats.max)
+            low, high = _bounds(stats)
+            lows.append(low)
+            highs.append(high)
         else:
             group_stat = FileStat("", 0, tuple(lows), tuple(highs))
             try:

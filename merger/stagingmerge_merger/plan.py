@@ -299,6 +299,9 @@ def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+_EPOCH = dt.date(1970, 1, 1)
+
+
 def sql_literal(value: Any, type_name: str) -> str:
     """An exact SQL literal for a key value of the given Delta type."""
     if type_name in _INTEGER_TYPES:
@@ -308,9 +311,13 @@ def sql_literal(value: Any, type_name: str) -> str:
     if type_name == "string":
         return "'" + str(value).replace("'", "''") + "'"
     if type_name == "date":
-        if not isinstance(value, dt.date):
+        # a day number (keyvalues.py), exact for every date Delta holds; DataFusion
+        # cannot parse a DATE '...' literal past year 9999
+        if isinstance(value, dt.date):
+            value = (value - _EPOCH).days
+        if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError(f"expected a date, got {value!r}")
-        return f"DATE '{value.isoformat()}'"
+        return f"CAST({value} AS DATE)"
     raise TypeError(f"no SQL literal for type {type_name}")
 
 

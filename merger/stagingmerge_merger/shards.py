@@ -37,6 +37,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from . import keyvalues
 from .errors import InvalidInputError
 from .keyspace import KeyTuple, Span
 from .storage import Prefix
@@ -108,7 +109,7 @@ def cut_points(sample: pa.Table, names: Sequence[str], count: int, exact: bool =
 
 def span_of(cuts: pa.Table, names: Sequence[str], shard: Shard) -> Span:
     """Shard i's span: [cut_i, cut_i+1), open at both ends of the key space."""
-    points = [tuple(row[n] for n in names) for row in cuts.to_pylist()]
+    points = [tuple(row[n] for n in names) for row in keyvalues.as_numbers(cuts).to_pylist()]
     if len(points) != shard.count - 1:
         raise ValueError(f"{len(points)} cut points cannot make {shard.count} shards")
     bounds: list[KeyTuple | None] = [None, *points, None]

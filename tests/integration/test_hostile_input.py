@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
@@ -363,3 +364,98 @@ def test_a_huge_error_still_fits_the_termination_message(tmp_path):
     assert reported["outcome"] == "invalid_input"
     assert reported["error"].startswith("schema mismatch: staging has columns main lacks")
     assert reported["error"].endswith(" [...]")
+
+
+# --- 5. every value Delta can hold -------------------------------------------------------
+
+# The widest values a Delta writer produces: delta-rs (chrono) writes dates and timestamps
+# from year -262143 to +262142 (its statistics cannot go further; Spark stops at 9999),
+# far inside their physical types (int32 days, int64 microseconds).
+DAY_MAX, DAY_MIN = 95026236, -96465292  # +262142-12-31, -262143-01-01
+US_MAX, US_MIN = 8210266876799999999, -8334601228800000000  # the same years, in microseconds
+PAST_9999 = 2932897  # 10000-01-01, the first day Python's date cannot hold
+
+
+def physical_rows(path: Path) -> list[tuple]:
+    """Every row with dates and timestamps as their stored integers (Python's datetime
+    cannot hold them all), read by delta-rs's own scan, sorted."""
+    from deltalake import QueryBuilder
+
+    query = QueryBuilder().register("t", DeltaTable(str(path))).execute("SELECT * FROM t")
+    table = pa.table(query.read_all())
+
+    def stored(kind: pa.DataType) -> pa.DataType:
+        if pa.types.is_struct(kind):
+            return pa.struct([field.with_type(stored(field.type)) for field in kind])
+        if pa.types.is_date32(kind):
+            return pa.int32()
+        return pa.int64() if pa.types.is_timestamp(kind) else kind
+
+    columns = [column.cast(stored(column.type)).to_pylist() for column in table.columns]
+    return sorted(zip(*columns, strict=True), key=lambda row: row[0])  # by key
+
+
+def test_date_keys_past_year_9999_to_the_widest_a_writer_produces(tmp_path):
+    main, staging = tmp_path / "main", tmp_path / "staging"
+    days = pa.date32()
+    write(main, pa.table({"d": pa.array([5, PAST_9999], days), "v": [0, 0]}))
+    far = [DAY_MIN, -1, 5, PAST_9999, PAST_9999 + 1, DAY_MAX - 1, DAY_MAX]
+    for part in range(2):  # two files: the keys meet in more than one batch
+        write(staging, pa.table({"d": pa.array(far, days), "v": [part + 1] * len(far)}))
+    before = {row[0] for row in physical_rows(main)}
+
+    result = run_cli("--main", str(main), "--staging", str(staging), "--keys", "d",
+                     "--batch-rows", "3")  # fmt: skip
+
+    assert result.code == 0, result.stderr
+    got = physical_rows(main)
+    assert [row[0] for row in got] == sorted(set(far) | before)  # each key once
+    assert result.metrics["inserted"] == len(set(far) - before) and not staging.exists()
+
+
+def timestamps(values: list[int], tz: str | None = None) -> pa.Array:
+    return pa.array(values, pa.timestamp("us", tz=tz))
+
+
+@pytest.mark.parametrize("tz", [None, "UTC"])
+def test_copies_differing_in_timestamps_past_9999_have_one_winner_in_any_order(tmp_path, tz):
+    """The first-copy rule's fingerprint takes values Python cannot hold: the same copy wins
+    whichever order staging's files hold them in."""
+    copies = {
+        "t": timestamps([US_MAX, US_MIN, 0, US_MAX - 1], tz),
+        "d": pa.array([DAY_MAX, DAY_MIN, 0, PAST_9999], pa.date32()),
+        "nested": pa.array(
+            [{"at": US_MAX}, {"at": US_MIN}, {"at": 0}, {"at": 1}],
+            pa.struct([("at", pa.timestamp("us", tz=tz))]),
+        ),
+    }
+    winners = []
+    for order in ([0, 1, 2, 3], [3, 2, 1, 0], [2, 0, 3, 1]):
+        root = tmp_path / "-".join(map(str, order))
+        main, staging = root / "main", root / "staging"
+        write(main, pa.table({"id": [100], **{k: v.slice(2, 1) for k, v in copies.items()}}))
+        for i in order:
+            write(staging, pa.table({"id": [1], **{k: v.slice(i, 1) for k, v in copies.items()}}))
+
+        result = run_cli("--main", str(main), "--staging", str(staging), "--keys", "id")
+
+        assert result.code == 0, result.stderr
+        got = [row for row in physical_rows(main) if row[0] == 1]
+        assert len(got) == 1 and result.metrics["skipped_duplicates"] == 3
+        winners.append(got[0])
+    assert winners[0] == winners[1] == winners[2]
+
+
+def test_first_by_a_timestamp_past_9999_picks_the_earliest(tmp_path):
+    main, staging = tmp_path / "main", tmp_path / "staging"
+    write(main, pa.table({"id": [100], "t": timestamps([0])}))
+    write(
+        staging,
+        pa.table({"id": [1, 1, 1, 2], "t": timestamps([US_MAX, US_MAX - 7, US_MAX - 3, 5])}),
+    )
+
+    result = run_cli("--main", str(main), "--staging", str(staging), "--keys", "id",
+                     "--first-by", "t")  # fmt: skip
+
+    assert result.code == 0, result.stderr
+    assert physical_rows(main) == [(1, US_MAX - 7), (2, 5), (100, 0)]
