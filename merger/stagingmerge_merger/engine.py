@@ -37,6 +37,7 @@ from . import (
     deltalog,
     failpoints,
     filecuts,
+    int96,
     keysets,
     keyspace,
     mainfiles,
@@ -276,6 +277,7 @@ class _Merge:
         plan.check_readable_partitions(
             staging_columns, staging.partition_columns(), f"staging {req.staging}"
         )
+        int96.check(staging, self.prefix, "staging")
         self.main = self._open_main()
         partition_by: list[str] = []
         if self.main is not None:

@@ -104,7 +104,7 @@ class MainFiles:
         file and never fails the merge."""
         if stat.path not in self._footers:
             try:
-                self._footers[stat.path] = _footer(self.prefix, stat)
+                self._footers[stat.path] = footer_of(self.prefix, stat)
             except (MergeError, OSError, ValueError, pa.ArrowException, struct.error):
                 self._footers[stat.path] = None
         footer = self._footers[stat.path]
@@ -132,7 +132,7 @@ class MainFiles:
         tables = []
         try:
             for stat in files:
-                source = _RangeFile(self.prefix, unquote(stat.path), stat.size)
+                source = RangeFile(self.prefix, unquote(stat.path), stat.size)
                 rows = pq.ParquetFile(source).read(columns=list(self.physical))
                 tables.append(rows.rename_columns(list(self.keys)).cast(schema))
         except (pa.ArrowException, ValueError, KeyError):
@@ -152,7 +152,7 @@ def _column(stats: pa.Table, name: str, missing: list[None]) -> list[Any]:
     return stats.column(name).to_pylist() if name in stats.column_names else missing
 
 
-class _RangeFile(io.RawIOBase):
+class RangeFile(io.RawIOBase):
     """A read-only, seekable file over one object, fetched by ranges (Parquet's footer,
     then the key columns' chunks)."""
 
@@ -196,7 +196,7 @@ def _may_hold(stat: FileStat, box: Box) -> bool:
     )
 
 
-def _footer(prefix: Prefix, stat: FileStat) -> pq.FileMetaData:
+def footer_of(prefix: Prefix, stat: FileStat) -> pq.FileMetaData:
     """One Parquet file's footer, read from its tail."""
     path = unquote(stat.path)  # the log holds a relative URI
     length = min(stat.size, TAIL_BYTES)
