@@ -16,6 +16,7 @@ import json
 import math
 import os
 import queue
+import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -467,16 +468,41 @@ def translate_errors(location: Location, options: Mapping[str, str], action: str
         raise InvalidInputError(f"cannot {action} {location}: {_one_line(exc, options)}") from exc
     except TableNotFoundError:
         raise
-    except (DeltaError, OSError, pa.ArrowException) as exc:
+    except Exception as exc:
+        # deltalake's streams raise plain Exceptions ("C Data interface error: ...") from
+        # the Rust side; anything else is ours, a bug, and stays unexpected
+        ours = not isinstance(exc, DeltaError | OSError | pa.ArrowException)
+        if ours and type(exc) is not Exception:
+            raise
         text = _one_line(exc, options)
         lowered = text.lower()
         if any(h in lowered for h in _PROTOCOL_HINTS):
             raise _unsupported(action, location, text) from exc
+        if _CORRUPT_LOG.search(text):
+            raise InvalidInputError(
+                f"cannot {action} {location}: its log does not parse ({text}); no Delta writer"
+                " leaves such a log: repair or rewrite the table"
+            ) from exc
+        if _MISSING_FILE.search(text):
+            raise InvalidInputError(
+                f"cannot {action} {location}: its log names a data file that is not there"
+                f" ({text}); the table is broken (a file removed by hand, or by a VACUUM"
+                " while the log still needs it): restore the file or repair the log"
+            ) from exc
         if looks_like_auth_error(text):
             raise InvalidInputError(
                 f"cannot {action} {location}: storage refused the credentials ({text})"
             ) from exc
         raise StorageError(f"cannot {action} {location}: {text}") from exc
+
+
+# delta-rs's words for a log it cannot parse (serde_json's end in "at line N column M")
+_CORRUPT_LOG = re.compile(
+    r"\bjson error\b|invalid json|failed to parse .*json|at line \d+ column \d+", re.IGNORECASE
+)
+_MISSING_FILE = re.compile(
+    r"(object at location \S+ not found|failed to fetch metadata for file)", re.IGNORECASE
+)
 
 
 def _unsupported(action: str, location: Location, text: str) -> InvalidInputError:

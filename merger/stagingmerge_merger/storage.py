@@ -224,12 +224,14 @@ def redact_option_text(pair: str) -> str:
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_BACKTRACE = re.compile(r"\s*\b0: <unknown>|\s*stack backtrace:")
 
 
 def one_line(message: str, limit: int = 600) -> str:
     """Rust errors arrive as indented cause chains (and obstore's with a debug dump):
     fold the chain into one line, `outer: cause: root cause`."""
     text = _ANSI.sub("", message).split("Debug source:", 1)[0]
+    text = _BACKTRACE.split(text, maxsplit=1)[0]  # a Rust backtrace, frame by frame
     parts = [line.strip().lstrip("↳").strip() for line in text.splitlines()]
     folded = ": ".join(p for p in parts if p)
     return folded if len(folded) <= limit else folded[: limit - 3] + "..."

@@ -139,7 +139,23 @@ def not_one_action(table: Path) -> str:
     return "line 1 is not one Delta action"
 
 
+def missing_data_file(table: Path) -> str:
+    """The file the last commit added is gone (its keys overlap the other table's)."""
+    actions = [json.loads(line) for line in commit(table, 2).read_text().splitlines()]
+    (table / next(a["add"]["path"] for a in actions if "add" in a)).unlink()
+    return "its log names a data file that is not there"
+
+
+def nested_json_flipped(table: Path) -> str:
+    lines = commit(table, 0).read_text().splitlines()
+    lines = [line.replace('\\"type\\":\\"struct', '\\"type\\"(\\"struct', 1) for line in lines]
+    commit(table, 0).write_text("\n".join(lines) + "\n")
+    return "its log does not parse"
+
+
 BROKEN: dict[str, Callable[[Path], str]] = {
+    "a data file the log names is gone": missing_data_file,
+    "a schema inside the log that does not parse": nested_json_flipped,
     "empty last commit": empty_last,
     "commit with no action": actionless,
     "truncated commit": truncated,
@@ -163,7 +179,8 @@ def test_a_log_no_writer_could_leave_is_invalid_input_and_changes_nothing(tmp_pa
     assert result.code == 2, result.stderr
     assert result.metrics["outcome"] == "invalid_input"
     assert len(result.error_lines) == 1
-    assert message in result.error_lines[0] and f"{role} " in result.error_lines[0]
+    assert message in result.error_lines[0]
+    assert str(main if role == "main" else staging) in result.error_lines[0]  # names it
     assert tree_hash(tmp_path) == before
 
 
