@@ -9,11 +9,13 @@ three promises hold:
 - staging deleted only after a complete merge (exit 0).
 
 No run may end in an unexpected error: every input is either merged or refused by name.
-Hypothesis keeps failing examples in `.hypothesis/` and replays them first.
+Hypothesis keeps failing examples in `.hypothesis/` and replays them first. For a longer
+search: `STAGINGMERGE_FUZZ_EXAMPLES=1000 pytest tests/integration/test_fuzz.py`.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -27,7 +29,7 @@ from tests.integration.test_bad_input import tree_hash
 
 LOG = "_delta_log"
 FUZZ = settings(
-    max_examples=30,
+    max_examples=int(os.environ.get("STAGINGMERGE_FUZZ_EXAMPLES", "30")),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
