@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO ?= demo
 
-.PHONY: demo test lint typecheck unit bench clean tools k8s
+.PHONY: demo test lint typecheck unit bench clean tools k8s cluster-demo
 TOOLS := .tools
 AZURITE := $(TOOLS)/azurite/node_modules/.bin/azurite-blob
 
@@ -22,7 +22,11 @@ demo: $(VENV)/.installed
 		--metrics-file $(DEMO)/metrics.json
 	@echo "metrics: $(DEMO)/metrics.json"
 
-## make test: lint, type-check, then every test (S3 server, API emulator, helm are set up by it)
+## make cluster-demo: a local Kubernetes (built once), the chart installed, the sample merged
+cluster-demo: $(VENV)/.installed tools
+	$(PY) -m tests.e2e.controlplane.demo --workdir cluster-demo $(if $(KEEP),--keep)
+
+## make test: lint, type-check, then every test (S3 server, the Kubernetes control plane, helm are set up by it)
 test: $(VENV)/.installed tools lint typecheck
 	$(PY) -m pytest
 
@@ -57,4 +61,4 @@ bench: $(VENV)/.installed
 	$(PY) bench/run.py
 
 clean:
-	rm -rf $(VENV) $(DEMO) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(DEMO) cluster-demo .pytest_cache .mypy_cache .ruff_cache

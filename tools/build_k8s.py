@@ -96,7 +96,7 @@ def build() -> Path:
         return target
     kubernetes = pins()["k8s.io/kubernetes"]
     print(f"building Kubernetes {kubernetes} and etcd from the Go module proxy (first time"
-          " only: about half an hour on 2 cores)", file=sys.stderr)  # fmt: skip
+          " only: about 10 minutes on 2 cores)", file=sys.stderr)  # fmt: skip
     started = time.monotonic()
     staged = target.with_name("bin.partial")
     shutil.rmtree(staged, ignore_errors=True)

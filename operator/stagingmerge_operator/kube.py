@@ -54,6 +54,22 @@ class Refused(Exception):  # noqa: N818 - an answer: the API server will not tak
         self.message = message
 
 
+# OwnerReferencesPermissionEnforcement checks blockOwnerDeletion against a discovery
+# cache the API server refreshes on its own schedule (every 30 s in kube-apiserver): a
+# Job owned by a StagingMerge whose CRD was installed moments ago is refused with 403
+# until then. The same request succeeds later, so it is retried, never reported.
+_NOT_YET_MAPPED = "cannot find RESTMapping"
+
+
+def _is_refusal(exc: ApiException) -> bool:
+    """A 4xx that retrying the same request cannot help (not 404/409/429, and not the
+    API server's discovery lagging behind a CRD it already serves)."""
+    status = exc.status or 0
+    if not 400 <= status < 500 or status in (404, 409, 429):
+        return False
+    return not (status == 403 and _NOT_YET_MAPPED in _api_message(exc))
+
+
 def _api_message(exc: ApiException) -> str:
     """The Status message the API server sent, else its reason."""
     try:
@@ -164,7 +180,7 @@ class Kube:
         except ApiException as exc:
             if exc.status == 404:
                 return False
-            if 400 <= (exc.status or 0) < 500 and exc.status != 429:
+            if _is_refusal(exc):
                 raise Refused(int(exc.status), _api_message(exc)) from exc
             raise
         return True
@@ -227,8 +243,10 @@ class Kube:
                 raise
             return existing, False
         except ApiException as exc:
-            if 400 <= (exc.status or 0) < 500 and exc.status not in (404, 429):
+            if _is_refusal(exc):
                 raise Refused(int(exc.status), _api_message(exc)) from exc
+            if exc.status == 403:
+                log.warning("Job %s/%s: %s; retrying later", namespace, name, _api_message(exc))
             raise
 
     def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:

@@ -25,8 +25,7 @@ def main() -> None:
         )
         raise SystemExit(2) from None
 
-    if config.leader_namespace:
-        _lead(config)
+    # kopf's logging first, for the leader's lines too: one handler, one line per record.
     kopf.configure(
         log_format={
             "json": kopf.LogFormat.JSON,
@@ -34,6 +33,8 @@ def main() -> None:
             "full": kopf.LogFormat.FULL,
         }[config.log_format]
     )
+    if config.leader_namespace:
+        _lead(config)
     kopf.run(
         standalone=True,  # one replica (Deployment strategy Recreate): no peering objects
         clusterwide=config.clusterwide,
@@ -49,20 +50,20 @@ LEASE_NAME = "stagingmerge-operator"
 
 def _lead(config: OperatorConfig) -> None:
     """Hold the leader's Lease before reconciling anything; leave when it is lost."""
-    import logging
     import os
 
     from .kube import Kube
     from .leader import Leadership
+    from .standby import healthz_while_waiting
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     leadership = Leadership(
         Kube(timeout_seconds=config.api_timeout_seconds),
         config.leader_namespace,
         LEASE_NAME,
         config.leader_lease_seconds,
     )
-    leadership.acquire()
+    with healthz_while_waiting(config.liveness_port):
+        leadership.acquire()
 
     def lost() -> None:
         sys.stderr.write("stagingmerge-operator: lost the leader's lease; exiting\n")

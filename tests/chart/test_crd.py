@@ -1,4 +1,6 @@
-"""The CRD: structural, its samples valid, bad resources refused (schema and CEL rules)."""
+"""The CRD: structural, its samples valid, bad resources refused by its schema. The CEL
+rules, and every sample and refusal, are proven by the real API server in
+tests/e2e/real/test_crd.py."""
 
 from __future__ import annotations
 
@@ -8,8 +10,6 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-
-from tests.e2e.emulator.schema import cel_errors
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_PATH = ROOT / "crds" / "stagingmerge.io_stagingmerges.yaml"
@@ -72,7 +72,6 @@ def test_conditions_have_the_metav1_shape():
 def test_samples_are_valid(sample):
     for document in yaml.safe_load_all(sample.read_text()):
         jsonschema.validate(document, SCHEMA)
-        assert cel_errors(document, SCHEMA) == []
 
 
 @pytest.mark.parametrize("document", INVALID, ids=[d["expect"] for d in INVALID])
@@ -84,7 +83,5 @@ def test_bad_resources_are_refused(document):
         "spec": document["spec"],
     }
     schema_ok = jsonschema.Draft7Validator(SCHEMA).is_valid(body)
-    if document["expect"].startswith("CEL"):
-        assert schema_ok and cel_errors(body, SCHEMA) != []
-    else:
-        assert not schema_ok
+    # what the schema alone cannot refuse is a CEL rule's (the real server applies those)
+    assert schema_ok == document["expect"].startswith("CEL")

@@ -1,5 +1,5 @@
 """A cluster-wide backfill: 50 StagingMerges for 5 main tables applied at once, with the
-operator's per-main limit at 2 (STAGINGMERGE_MAX_CONCURRENT_PER_MAIN). Stagings of one
+operator's per-main limit at 2 (the chart's operator.maxConcurrentPerMain). Stagings of one
 main overlap, so merges running side by side insert the same keys concurrently and rely
 on the merge's concurrent-writer guard. And finished objects collected by their TTL."""
 
@@ -7,11 +7,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
-from urllib.request import urlopen
 
 import pytest
 
-from tests.e2e.harness import Operator, wait_for
+from tests.e2e.harness import wait_for
 from tests.e2e.test_operator import spec_for
 from tests.helpers import ct, key_list, rows, write
 
@@ -26,14 +25,6 @@ def phase(kubectl, name: str) -> str | None:
     return status.get("phase")
 
 
-def scrape(port: int) -> str:
-    """The operator's Prometheus exposition ("" until its endpoint is up)."""
-    try:
-        return str(urlopen(f"http://127.0.0.1:{port}/metrics").read().decode())
-    except OSError:
-        return ""
-
-
 def peak_concurrency(intervals: list[tuple[float, float]]) -> int:
     """The most intervals open at one moment."""
     events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
@@ -44,9 +35,8 @@ def peak_concurrency(intervals: list[tuple[float, float]]) -> int:
     return peak
 
 
-@pytest.mark.timeout(1200)  # 50 merge processes and an operator on 2 shared cores
 def test_fifty_merges_for_five_mains_end_exactly_and_respect_the_limit(
-    cluster, kubectl, runner, tmp_path, monkeypatch
+    install_operator, kubectl, runner, tmp_path
 ):
     universes, mains = [], []
     for m in range(MAINS):
@@ -62,34 +52,30 @@ def test_fifty_merges_for_five_mains_end_exactly_and_respect_the_limit(
     # every merge holds before its first commit until the test lets them go: the first
     # ones then have to be running side by side, whatever the machine's speed
     pause = tmp_path / "hold"
-    monkeypatch.setenv("STAGINGMERGE_PAUSE", f"batch-start:{pause}")
-    operator = Operator(cluster, tmp_path, STAGINGMERGE_MAX_CONCURRENT_PER_MAIN=str(LIMIT)).start()
-    try:
-        for j in range(PER_MAIN):  # interleaved, as an automation would apply them
-            for m in range(MAINS):
-                staging = tmp_path / f"staging-{m}-{j}"
-                kubectl.apply(f"fill-{m}-{j}", spec_for(mains[m], staging, batchRows=10))
-        held = wait_for(
-            lambda: (
-                alive
-                if len(alive := runner.running()) == MAINS * LIMIT
-                and sum(phase(kubectl, f"fill-{m}-{j}") == "Queued" for m, j in ALL)
-                == len(ALL) - MAINS * LIMIT
-                else None
-            ),
-            timeout=600,
-            what=f"{LIMIT} merges running per main, the rest queued",
-        )
-        assert sorted({a.main for a in held}) == sorted({a.main for a in runner.attempts})
-        queued = f'stagingmerge_merges_queued{{main="{mains[0]}"}} {PER_MAIN - LIMIT:.1f}'
-        wait_for(lambda: queued in scrape(operator.metrics_port), timeout=300, what=queued)
-        Path(f"{pause}.go").touch()
+    hooks = kubectl.hooks(STAGINGMERGE_PAUSE=f"batch-start:{pause}")
+    operator = install_operator("--set", f"operator.maxConcurrentPerMain={LIMIT}")
+    for j in range(PER_MAIN):  # interleaved, as an automation would apply them
         for m in range(MAINS):
-            for j in range(PER_MAIN):
-                assert kubectl.wait(f"fill-{m}-{j}", "True", timeout=900)["reason"] == "Merged"
-        exposition = scrape(operator.metrics_port)
-    finally:
-        operator.stop()
+            staging = tmp_path / f"staging-{m}-{j}"
+            kubectl.apply(f"fill-{m}-{j}", spec_for(mains[m], staging, batchRows=10, **hooks))
+    held = wait_for(
+        lambda: (
+            alive
+            if len(alive := runner.running()) == MAINS * LIMIT
+            and sum(phase(kubectl, f"fill-{m}-{j}") == "Queued" for m, j in ALL)
+            == len(ALL) - MAINS * LIMIT
+            else None
+        ),
+        what=f"{LIMIT} merges running per main, the rest queued",
+    )
+    assert sorted({a.main for a in held}) == sorted({a.main for a in runner.attempts})
+    queued = f'stagingmerge_merges_queued{{main="{mains[0]}"}} {PER_MAIN - LIMIT:.1f}'
+    wait_for(lambda: queued in operator.scrape(), what=queued)
+    Path(f"{pause}.go").touch()
+    for m in range(MAINS):
+        for j in range(PER_MAIN):
+            assert kubectl.wait(f"fill-{m}-{j}", "True")["reason"] == "Merged"
+    exposition = operator.scrape()
 
     covered = (PER_MAIN - 1) * STEP + SPAN
     for m in range(MAINS):
@@ -129,17 +115,15 @@ def test_finished_merges_are_deleted_after_their_ttl_with_their_jobs(
     kubectl.apply("expire", spec_for(main, tmp_path / "expire", ttlSecondsAfterFinished=0))
     # a failed merge expires too
     kubectl.apply("expire-bad", spec_for(main, tmp_path / "bad", ttlSecondsAfterFinished=0))
-    assert kubectl.wait("keep", "True", timeout=300)["reason"] == "Merged"
+    assert kubectl.wait("keep", "True")["reason"] == "Merged"
     wait_for(
         lambda: kubectl.get("expire") is None and kubectl.get("expire-bad") is None,
-        timeout=300,
         what="both expired",
     )
     wait_for(
         lambda: [j["metadata"]["name"] for j in kubectl.jobs()] == ["keep-g1"],
-        timeout=60,
         what="their Jobs collected with them",
     )
     assert [index for _, index in key_list(main)] == list(range(6))
-    assert "stagingmerge_merges_expired_total 2.0" in scrape(operator.metrics_port)
+    assert "stagingmerge_merges_expired_total 2.0" in operator.scrape()
     assert kubectl.get("keep") is not None

@@ -8,11 +8,8 @@ import socket
 import threading
 
 import pytest
-from kmock._internal import enums
 
-from tests.e2e.emulator.cluster import Fault
 from tests.e2e.harness import wait_for
-from tests.e2e.test_faults import on
 from tests.e2e.test_operator import spec_for
 from tests.helpers import ct, key_list, write
 
@@ -53,16 +50,23 @@ def test_credentials_in_storage_options_are_refused(kubectl, operator, runner, t
     assert "hunter2" not in condition["message"] and kubectl.jobs() == []
 
 
-def test_a_job_the_api_server_refuses_becomes_a_status(
-    cluster, kubectl, operator, runner, tmp_path
-):
-    cluster.inject(
-        Fault(on(enums.action.CREATE, "jobs"), times=1, status=422)  # e.g. an admission webhook
+def test_a_job_the_api_server_refuses_becomes_a_status(kubectl, operator, runner, tmp_path):
+    """A namespace whose ResourceQuota allows no Jobs: the real ResourceQuota admission
+    refuses the Job (403), which retrying cannot change."""
+    kubectl.core.create_namespaced_resource_quota(kubectl.namespace, {
+        "metadata": {"name": "no-jobs"}, "spec": {"hard": {"count/jobs.batch": "0"}},
+    })  # fmt: skip
+    wait_for(
+        lambda: (
+            kubectl.core.read_namespaced_resource_quota("no-jobs", kubectl.namespace).status.hard
+        ),
+        what="the quota controller to account the namespace",
     )
     kubectl.apply("refused", spec_for(tmp_path / "m", tmp_path / "s"))
     condition = kubectl.wait("refused", "False")
     assert condition["reason"] == "JobRefused"
-    assert "refused Job refused-g1 (422)" in condition["message"]
+    assert "refused Job refused-g1 (403)" in condition["message"]
+    assert "exceeded quota: no-jobs" in condition["message"]
     warnings = wait_for(lambda: [e for e in kubectl.events("refused") if e["type"] == "Warning"])
     assert warnings[0]["reason"] == "JobRefused"
 
@@ -73,7 +77,7 @@ def test_names_that_sanitise_alike_get_jobs_of_their_own(kubectl, operator, runn
         write(tmp_path / name, ct([log] * 3, range(3), seed=log))
         kubectl.apply(name, spec_for(main, tmp_path / name))
     for name in ("a.b", "a-b"):
-        assert kubectl.wait(name, "True", timeout=90)["reason"] == "Merged"
+        assert kubectl.wait(name, "True")["reason"] == "Merged"
     jobs = sorted(j["metadata"]["name"] for j in kubectl.jobs())
     assert len(jobs) == 2 and "a-b-g1" in jobs
     assert len(key_list(main)) == 6
@@ -85,7 +89,7 @@ def test_a_job_left_by_another_object_is_not_adopted(kubectl, operator, runner, 
     staging = tmp_path / "staging"
     write(staging, ct([0], [1]))
     kubectl.batch.create_namespaced_job(
-        "default",
+        kubectl.namespace,
         {
             "metadata": {
                 "name": "again-g1",
@@ -93,7 +97,12 @@ def test_a_job_left_by_another_object_is_not_adopted(kubectl, operator, runner, 
             },
             "spec": {
                 "suspend": True,
-                "template": {"spec": {"containers": [], "restartPolicy": "Never"}},
+                "template": {
+                    "spec": {
+                        "containers": [{"name": "c", "image": "busybox", "command": ["true"]}],
+                        "restartPolicy": "Never",
+                    }
+                },
             },
         },
     )
@@ -164,8 +173,8 @@ def test_a_failing_job_keeps_its_main_until_its_pods_are_gone(
         },
     )
 
-    assert kubectl.wait("first", "False", timeout=120)["reason"] == "DeadlineExceeded"
-    kubectl.wait("second", "True", timeout=120)
+    assert kubectl.wait("first", "False")["reason"] == "DeadlineExceeded"
+    kubectl.wait("second", "True")
 
     ended = runner.attempts_of("first-g1")[0].ended
     assert ended is not None and runner.attempts_of("second-g1")[0].started >= ended
@@ -182,7 +191,7 @@ def test_a_pod_that_cannot_start_does_not_hold_its_main_forever(
     kubectl.apply(
         "stuck", spec_for(main, staging, serviceAccountName="nobody", activeDeadlineSeconds=2)
     )
-    condition = kubectl.wait("stuck", "False", timeout=90)
+    condition = kubectl.wait("stuck", "False")
     assert condition["reason"] == "DeadlineExceeded"
-    assert 'serviceaccount "nobody" not found' in runner.pod_refusals["stuck-g1"]
+    assert 'serviceaccount "nobody" not found' in runner.pod_refusals("stuck-g1")
     assert runner.attempts_of("stuck-g1") == [] and staging.exists()

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import json
 import logging
 import os
 import shutil
@@ -33,6 +34,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -67,6 +69,13 @@ def now() -> str:
 
 def micro_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _write_whole(path: Path, value: dict[str, Any]) -> None:
+    """Replace `path` at once: a reader sees the old content or the new, never half."""
+    partial = path.with_suffix(".tmp")
+    partial.write_text(json.dumps(value))
+    partial.replace(path)
 
 
 @dataclass
@@ -194,6 +203,12 @@ class NodeAgent:
                         self.finalize(pod)
                     return
                 run = self.runs[uid] = Run(pod, self.workdir / "pods" / uid)
+                if self.was_running(pod) and pod["spec"].get("restartPolicy") == "Never":
+                    # this agent was restarted and the process died with its predecessor:
+                    # reported as a kubelet reports a container it can no longer find
+                    run.done.set()
+                    threading.Thread(target=self.lost, args=(run,), daemon=True).start()
+                    return
                 threading.Thread(target=self.live, args=(run,), daemon=True).start()
                 return
             run.pod = pod
@@ -226,7 +241,9 @@ class NodeAgent:
                     stderr=subprocess.STDOUT, start_new_session=True,
                 )  # fmt: skip
             self.running(run, container, started)
+            record = self.record_start(run)
             code = run.process.wait()
+            self.record_end(record, code)
             again = not run.deleting and (policy == "Always" or (policy == "OnFailure" and code))
             self.terminated(run, container, code, started, final=not again)
             run.process = None
@@ -238,6 +255,28 @@ class NodeAgent:
             if run.done.wait(min(2**run.restarts, 30)):
                 break
         run.done.set()
+
+    # --- what ran, for the tests (kept after the pod is gone) -------------------------
+
+    def record_start(self, run: Run) -> Path:
+        """`attempts/<n>.json` in the pod's folder: one per container start, with the
+        process group a test may kill (a node losing a process) and this host's clock."""
+        assert run.process is not None
+        meta = run.pod["metadata"]
+        folder = run.folder / "attempts"
+        folder.mkdir(exist_ok=True)
+        record = folder / f"{run.restarts}.json"
+        _write_whole(record, {
+            "namespace": meta["namespace"], "pod": meta["name"], "uid": meta["uid"],
+            "labels": meta.get("labels") or {}, "annotations": meta.get("annotations") or {},
+            "number": run.restarts + 1, "pid": run.process.pid, "started": time.time(),
+            "ended": None, "exitCode": None, "log": str(run.folder / "log"),
+        })  # fmt: skip
+        return record
+
+    def record_end(self, record: Path, code: int) -> None:
+        _write_whole(record, {**json.loads(record.read_text()), "ended": time.time(),
+                              "exitCode": code})  # fmt: skip
 
     def prepare(self, run: Run, container: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
         pod = run.pod
@@ -380,6 +419,25 @@ class NodeAgent:
                 )
             ]
         self.patch_status(run, status)
+
+    @staticmethod
+    def was_running(pod: dict[str, Any]) -> bool:
+        statuses = (pod.get("status") or {}).get("containerStatuses") or []
+        return any("running" in (c.get("state") or {}) for c in statuses)
+
+    def lost(self, run: Run) -> None:
+        container = run.pod["spec"]["containers"][0]
+        state = {"terminated": {
+            "exitCode": 137, "reason": "ContainerStatusUnknown",
+            "message": "The container could not be located when the pod was terminated",
+            "startedAt": run.pod["status"].get("startTime") or now(), "finishedAt": now(),
+        }}  # fmt: skip
+        self.patch_status(run, {
+            "phase": "Failed", "conditions": self.conditions(False, now()),
+            "containerStatuses": [self.container_status(run, container, state, False)],
+        })  # fmt: skip
+        if run.pod["metadata"].get("deletionTimestamp"):
+            self.finalize(run.pod)
 
     def termination_message(self, run: Run, container: dict[str, Any]) -> str:
         """The file's content (the kubelet keeps at most 4096 bytes), or the log's end for

@@ -9,10 +9,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 import yaml
 
 from tests.e2e.controlplane.plane import ROOT, ControlPlane
-from tests.e2e.real.conftest import Cli, Release
+from tests.e2e.harness import Cli, Release
+
+# bare pods and Jobs of busybox: the agent's own behaviour, not the chart's pods
+pytestmark = pytest.mark.pod_security("privileged")
 
 SAMPLE = ROOT / "crds" / "samples" / "stagingmerge.io_v1alpha1_stagingmerge.yaml"
 

@@ -10,10 +10,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from tests.e2e.controlplane.plane import ControlPlane
-from tests.e2e.real.conftest import Cli
+from tests.e2e.harness import Cli
+
+# bare pods and Jobs of busybox: the agent's own behaviour, not the chart's pods
+pytestmark = pytest.mark.pod_security("privileged")
 
 
 def apply(kubectl: Cli, namespace: str, *objects: dict[str, Any]) -> None:
