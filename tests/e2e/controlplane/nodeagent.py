@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import kubernetes
+import urllib3
 from kubernetes import watch
 from kubernetes.client.exceptions import ApiException
 
@@ -227,6 +228,17 @@ class NodeAgent:
             except podenv.ContainerError as exc:
                 self.waiting(run, container, exc.reason, exc.message)
                 if run.done.wait(5) or run.deleting:  # a kubelet retries; so does the agent
+                    break
+                continue
+            except (ApiException, urllib3.exceptions.HTTPError) as exc:
+                # The Node authorizer learns of the pod's binding from its own informer, so
+                # the token request can be refused ("no relationship") for a moment after
+                # the pod was scheduled; or the API server is restarting. A kubelet retries
+                # the projected volume (FailedMount) with the pod ContainerCreating.
+                LOG.warning("pod %s/%s: token or config not ready (%s); retrying",
+                            run.pod["metadata"]["namespace"], run.pod["metadata"]["name"],
+                            getattr(exc, "status", None) or type(exc).__name__)  # fmt: skip
+                if run.done.wait(1) or run.deleting:
                     break
                 continue
             started = now()
