@@ -27,7 +27,7 @@ from tests.e2e.controlplane.plane import ROOT, ControlPlane, bin_dir, free_port
 
 HELM = ROOT / ".tools" / "bin" / "helm"
 NAMESPACE, RELEASE = "stagingmerge-system", "sm"
-SAMPLE = ROOT / "crds" / "samples" / "stagingmerge.yaml"
+SAMPLE = ROOT / "crds" / "samples" / "stagingmerge.io_v1alpha1_stagingmerge.yaml"
 
 
 def run(binary: Path, kubeconfig: Path, *args: str, stdin: str | None = None) -> str:
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         main_uri, staging_uri = sample.write_demo(tables)
         merge = yaml.safe_load(SAMPLE.read_text())
         merge["metadata"] = {"name": "demo-backfill", "namespace": "default"}
-        merge["spec"] = {"main": {"uri": main_uri}, "staging": {"uri": staging_uri}}
+        merge["spec"] = {"main": {"uri": str(main_uri)}, "staging": {"uri": str(staging_uri)}}
         print("$ kubectl apply -f demo-backfill.yaml")
         print(k("apply", "-f", "-", stdin=yaml.safe_dump(merge)), end="")
         print("$ kubectl wait smerge/demo-backfill --for=condition=Succeeded --timeout=-1s")
