@@ -9,13 +9,7 @@ import urllib.request
 import pytest
 
 from stagingmerge_operator.standby import healthz_while_waiting
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+from tests.e2e.controlplane.plane import free_port
 
 
 def test_answers_healthz_then_frees_the_port_for_kopf() -> None:
