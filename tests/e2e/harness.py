@@ -350,3 +350,12 @@ class Release:
                 return str(response.read().decode())
         except OSError:
             return ""
+
+    def scrape_until(self, *lines: str) -> str:
+        """The exposition once it holds every one of `lines`. The operator counts a
+        finished merge just after it writes the merge's status (and its Event), so a
+        client that has seen the status may scrape a moment before the count."""
+        return wait_for(
+            lambda: text if all(line in (text := self.scrape()) for line in lines) else None,
+            what=f"the operator's metrics to show {lines}",
+        )

@@ -33,10 +33,12 @@ def test_success_puts_conditions_and_metrics_on_the_resource(kubectl, operator, 
     assert len(key_list(main)) == 8 and not staging.exists()
     assert [j["metadata"]["name"] for j in kubectl.jobs()] == ["backfill-g1"]
     wait_for(lambda: {e["reason"] for e in kubectl.events("backfill")} >= {"Started", "Merged"})
-    exposition = operator.scrape()  # this test's own operator: it counted this merge only
-    assert "stagingmerge_merges_started_total 1.0" in exposition
-    assert "stagingmerge_merges_succeeded_total 1.0" in exposition
-    assert "stagingmerge_rows_inserted_total 3.0" in exposition
+    # this test's own operator: it counted this merge only
+    operator.scrape_until(
+        "stagingmerge_merges_started_total 1.0",
+        "stagingmerge_merges_succeeded_total 1.0",
+        "stagingmerge_rows_inserted_total 3.0",
+    )
     assert operator.ready()
 
 
