@@ -31,6 +31,9 @@ from deltalake import (
     WriterProperties,
     write_deltalake,
 )
+from deltalake import (
+    Schema as DeltaSchema,
+)
 from deltalake import __version__ as deltalake_version
 from deltalake.exceptions import (
     CommitFailedError,
@@ -41,7 +44,7 @@ from deltalake.exceptions import (
 )
 
 from .errors import InvalidInputError, MergeError, StorageError
-from .plan import Column, columns_of, quote_ident
+from .plan import Column, columns_of, quote_ident, writer_features
 from .storage import Location, looks_like_auth_error, one_line, scrub
 
 # Row groups of 16 K rows (~35 MB of CT rows): parquet-rs buffers a whole row group
@@ -90,6 +93,23 @@ def plain_schema(schema: pa.Schema) -> pa.Schema:
     """`schema` without field metadata (column-mapping ids, generation expressions): the
     shape rows are cast to and written with; delta-rs maps names to physical columns."""
     return pa.schema([pa.field(f.name, _plain_type(f.type), f.nullable) for f in schema])
+
+
+def _without_metadata(kind: Any) -> Any:
+    """A Delta type (JSON) with every field's metadata emptied, nested ones included."""
+    if not isinstance(kind, dict):
+        return kind
+    out = dict(kind)
+    if out.get("type") == "struct":
+        out["fields"] = [
+            {**f, "metadata": {}, "type": _without_metadata(f["type"])} for f in out["fields"]
+        ]
+    elif out.get("type") == "array":
+        out["elementType"] = _without_metadata(out["elementType"])
+    elif out.get("type") == "map":
+        out["keyType"] = _without_metadata(out["keyType"])
+        out["valueType"] = _without_metadata(out["valueType"])
+    return out
 
 
 def _physical_names(schema: Mapping[str, Any]) -> dict[str, str]:
@@ -221,16 +241,17 @@ class Table:
         cls,
         location: Location,
         options: Mapping[str, str],
-        schema: pa.Schema,
+        schema: str,
         partition_by: Sequence[str],
         metadata: Mapping[str, str],
     ) -> Table:
         """Create the table, empty, in one commit (version 0): atomic, so a crash right
-        after it leaves a valid table that a rerun appends to."""
+        after it leaves a valid table that a rerun appends to. `schema` is a Delta schema
+        (JSON, `plain_delta_schema`): Delta's own types, which Arrow's cannot all say."""
         with translate_errors(location, options, "create"):
             DeltaTable.create(
                 location.url,
-                schema=schema,
+                schema=DeltaSchema.from_json(schema),
                 partition_by=list(partition_by) or None,
                 storage_options=dict(options) or None,
                 mode="error",
@@ -259,8 +280,21 @@ class Table:
     def columns(self) -> dict[str, Column]:
         return columns_of(self._dt.schema().to_json())
 
+    def plain_delta_schema(self) -> str:
+        """The table's Delta schema (JSON) without field metadata (column-mapping ids and
+        physical names, generation expressions, identity): what a new main is created
+        with. Delta types, not Arrow's: a variant column read through Arrow is a struct of
+        two binaries, and a main created from that would hold structs, not variants."""
+        schema = json.loads(self._dt.schema().to_json())
+        return json.dumps(_without_metadata(schema))
+
     def arrow_schema(self) -> pa.Schema:
         return pa.schema(self._dt.schema().to_arrow())
+
+    def writer_features(self) -> set[str]:
+        """The writer features main's protocol requires (implied ones included)."""
+        protocol = self._dt.protocol()
+        return writer_features(protocol.min_writer_version, protocol.writer_features)
 
     def partition_columns(self) -> list[str]:
         return list(self._dt.metadata().partition_columns)
@@ -441,6 +475,7 @@ class Table:
             )
 
 
+_UNSUPPORTED_FEATURES = "Unsupported table features required"
 _PROTOCOL_HINTS = (
     "protocol",
     "reader version",
@@ -461,6 +496,8 @@ def translate_errors(location: Location, options: Mapping[str, str], action: str
     except MergeError:
         raise
     except CommitFailedError as exc:
+        if _UNSUPPORTED_FEATURES in str(exc):  # no retry can help (see plan.check_writable)
+            raise _unsupported(action, location, _one_line(exc, options)) from exc
         raise CommitConflictError(f"cannot {action} {location}: {_one_line(exc, options)}") from exc
     except DeltaProtocolError as exc:
         raise _unsupported(action, location, _one_line(exc, options)) from exc

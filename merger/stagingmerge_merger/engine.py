@@ -37,10 +37,10 @@ from . import (
     deltalog,
     failpoints,
     filecuts,
-    int96,
     keysets,
     keyspace,
     mainfiles,
+    misreads,
     plan,
     repairs,
     selection,
@@ -147,6 +147,7 @@ class _Plan:
     key_schema: pa.Schema
     target: pa.Schema  # what rows are cast to and written as
     partition_by: list[str]  # for a main this run creates
+    create_as: str | None  # the Delta schema (JSON) of a main this run creates
     keys: list[pa.Table] | None = None  # each span's staging keys, when planning kept all
 
 
@@ -277,10 +278,13 @@ class _Merge:
         plan.check_readable_partitions(
             staging_columns, staging.partition_columns(), f"staging {req.staging}"
         )
-        int96.check(staging, self.prefix, "staging")
+        misreads.check(staging, self.prefix, "staging")
         self.main = self._open_main()
         partition_by: list[str] = []
         if self.main is not None:
+            # main's key values decide what is new: misread, they would let a copy in
+            misreads.check(self.main, Prefix(req.main, self.options), "main", only=req.keys)
+            plan.check_writable(self.main.writer_features(), f"main {req.main}")
             main_columns = self.main.columns()
             plan.check_compatible(main_columns, staging_columns, req.keys)
             written_by = self.main.partition_columns()
@@ -294,7 +298,8 @@ class _Merge:
         rows = self._audit(staging, plan.decimal_partitions(staging_columns, written_by))
         key_types = {k: staging_columns[k].type_name for k in req.keys}
         key_schema = pa.schema([target.field(k) for k in req.keys])
-        planned = _Plan(rows, [], key_types, key_schema, target, partition_by)
+        create_as = staging.plain_delta_schema() if self.main is None else None
+        planned = _Plan(rows, [], key_types, key_schema, target, partition_by, create_as)
         if rows:
             self._plan_spans(staging, planned)
         return planned
@@ -757,11 +762,12 @@ class _Merge:
     def _create_main(self, planned: _Plan) -> None:
         """Create main with staging's columns (after every check passed, before the first
         append); a failed create leaves nothing behind."""
+        assert planned.create_as is not None  # planned when main was missing
         try:
             self.main = Table.create(
                 self.req.main,
                 self.options,
-                planned.target,
+                planned.create_as,
                 planned.partition_by,
                 {"stagingmerge.created_from": str(self.req.staging)},
             )

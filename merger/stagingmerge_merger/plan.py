@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -249,6 +249,50 @@ def check_partitionable(
             " partition columns must have a primitive type"
         )
     check_readable_partitions(columns, partition_by, what)
+
+
+# The Delta writer features delta-rs (deltalake 1.x) commits correctly, as the merge
+# writes main: each is proven by tests/spark (a Spark-written main with the feature,
+# merged, read back by Spark). Any other writer feature is refused before anything is
+# written: delta-rs would refuse the commit after the data files were written (rowTracking,
+# domainMetadata, clustering, inCommitTimestamp), or write rows Spark reads otherwise
+# (identityColumns: no values generated, no high-water mark).
+WRITABLE_FEATURES = frozenset({
+    "appendOnly", "invariants", "checkConstraints", "changeDataFeed", "generatedColumns",
+    "columnMapping", "deletionVectors", "timestampNtz", "v2Checkpoint", "variantType",
+})  # fmt: skip
+# what a legacy writer version (before named table features, version 7) implies
+_IMPLIED_WRITER_FEATURES = {
+    2: ("appendOnly", "invariants"),
+    3: ("checkConstraints",),
+    4: ("changeDataFeed", "generatedColumns"),
+    5: ("columnMapping",),
+    6: ("identityColumns",),
+}
+
+
+def writer_features(min_writer_version: int, named: Sequence[str] | None) -> set[str]:
+    """The writer features a table's protocol requires of whoever writes to it."""
+    if min_writer_version >= 7:
+        return set(named or ())
+    return {
+        feature
+        for version, features in _IMPLIED_WRITER_FEATURES.items()
+        if version <= min_writer_version
+        for feature in features
+    }
+
+
+def check_writable(features: Collection[str], what: str) -> None:
+    """Refuse a main whose protocol needs writer features this merge cannot honour."""
+    missing = sorted(set(features) - WRITABLE_FEATURES)
+    if missing:
+        raise InvalidInputError(
+            f"{what} needs Delta writer features this merge cannot honour:"
+            f" {', '.join(missing)}; nothing was written. Merge with an engine that"
+            " implements them (Spark's MERGE INTO), or drop them from main"
+            " (ALTER TABLE ... DROP FEATURE)"
+        )
 
 
 def check_readable_partitions(
