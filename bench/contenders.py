@@ -1,8 +1,9 @@
-"""The two reference contenders of bench/run.py, each run as its own process.
+"""The reference contenders of bench/run.py, each run as its own process.
 
-    python bench/contenders.py append|original MAIN STAGING
+    python bench/contenders.py append|original|spark MAIN STAGING
 
-Both print one JSON line with "inserted". Neither deletes staging.
+Each prints one JSON line with "inserted" (spark: also "startup_seconds", the JVM's and
+the session's start, and "merge_seconds", the MERGE alone). None deletes staging.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -81,10 +84,48 @@ def original(main: str, staging: str) -> int:
     return inserted
 
 
+SPARK_MEMORY = os.environ.get("BENCH_SPARK_MEMORY", "6g")
+
+
+def spark(main: str, staging: str) -> dict[str, float]:
+    """Delta Spark's own answer: `MERGE INTO main USING staging ON <keys> WHEN NOT MATCHED
+    THEN INSERT *`, with Delta's insert-only merge optimisation on (its default, set so it
+    stays on). Local, on every core, the driver holding BENCH_SPARK_MEMORY (6g)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tools import spark_session
+
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="bench-spark-") as work:
+        session = spark_session.start(Path(work), memory=SPARK_MEMORY, cores="*")
+        session.conf.set("spark.databricks.delta.merge.optimizeInsertOnlyMerge.enabled", "true")
+        session.sql("SELECT 1").collect()  # the JVM, the session and Delta's classes are up
+        ready = time.monotonic()
+        row = session.sql(
+            f"MERGE INTO delta.`{main}` AS target USING delta.`{staging}` AS source"
+            f" ON {PREDICATE} WHEN NOT MATCHED THEN INSERT *"
+        ).collect()[0]
+        merged = time.monotonic()
+        gateway = session.sparkContext._gateway  # type: ignore[attr-defined]
+        session.stop()
+        # the JVM is this process's child: reaped here, its peak RSS reaches run.py's wait4
+        gateway.proc.stdin.close()
+        gateway.proc.wait()
+    return {
+        "inserted": int(row["num_inserted_rows"]),
+        "startup_seconds": round(ready - started, 2),
+        "merge_seconds": round(merged - ready, 2),
+    }
+
+
 def main() -> None:
     name, main_uri, staging_uri = sys.argv[1:4]
-    inserted = {"append": plain_append, "original": original}[name](main_uri, staging_uri)
-    sys.stdout.write(json.dumps({"inserted": inserted}) + "\n")
+    if name == "spark":
+        answer: dict[str, float] = spark(main_uri, staging_uri)
+    else:
+        answer = {
+            "inserted": {"append": plain_append, "original": original}[name](main_uri, staging_uri)
+        }
+    sys.stdout.write(json.dumps(answer) + "\n")
     sys.stdout.flush()
     os._exit(0)  # delta-rs issue 2184: do not let interpreter teardown abort after commit
 

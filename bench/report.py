@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
-ORDER = ["stagingmerge", "append", "original"]
+ORDER = ["stagingmerge", "append", "original", "spark"]
 
 
 def main() -> None:
@@ -33,6 +33,8 @@ def main() -> None:
                     f"{r['peak_rss_mib']:,.0f}",
                     f"{r['batches']} x {r['batch_seconds_median']:.2f} s"
                     if r.get("batches")
+                    else f"{r['startup_seconds']:.1f} s start, {r['merge_seconds']:.1f} s MERGE"
+                    if r.get("merge_seconds") is not None
                     else "",
                     f"{r['seconds'] / append['seconds']:.2f}x" if append else "",
                     f"{original['seconds'] / r['seconds']:.1f}x faster"
@@ -43,7 +45,7 @@ def main() -> None:
     rows.sort(key=lambda r: (r[0], r[1], -r[2], ORDER.index(r[3])))
     print(
         "| main rows | staging rows | --batch-rows | contender | seconds | staging rows/s "
-        "| peak RSS MiB | batches x median | time vs append | vs original |"
+        "| peak RSS MiB | batches x median (spark: start, MERGE) | time vs append | vs original |"
     )
     print("|---:|---:|---:|---|---:|---:|---:|---|---:|---|")
     for row in rows:
@@ -52,7 +54,8 @@ def main() -> None:
         print("| " + " | ".join(cells) + " |")
     machines = sorted({r["machine"] for r in records})
     print(
-        f"\nMachine: {'; '.join(machines)}. Each figure is the median of 3 runs (original: 1 run)."
+        f"\nMachine: {'; '.join(machines)}. Each figure is the median of 3 runs"
+        " (original and spark: 1 run)."
     )
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
-from .plan import Column, quote_ident
+from .plan import Column, FieldPath, nested_not_null, quote_ident
 
 CONSTRAINT_PREFIX = "delta.constraints."
 
@@ -34,6 +34,7 @@ def rules_for(
     main_configuration: Mapping[str, str | None] | None,
     decimal_partitions: Sequence[str] = (),
     never_null: Collection[str] = (),
+    staging_columns: Mapping[str, Column] | None = None,
 ) -> list[Rule]:
     """The rules a staging row must pass: keys never NULL, then (when main exists)
     main's NOT NULL columns, CHECK constraints, invariants and generated columns, and
@@ -42,7 +43,9 @@ def rules_for(
 
     `never_null`: staging's columns that cannot hold NULL (declared NOT NULL in staging's
     schema, which every Delta writer enforces, or NULL-free by every file's statistics):
-    their NULL checks are left out, so the audit reads only what can break a rule."""
+    their NULL checks are left out, so the audit reads only what can break a rule.
+    `staging_columns`: staging's schema, for the struct fields main declares NOT NULL
+    and staging allows NULL in (`plan.nested_not_null`)."""
     rules = [
         Rule(f"NULL in key column {k}", f"{quote_ident(k)} IS NULL")
         for k in keys
@@ -59,6 +62,15 @@ def rules_for(
         name = quote_ident(column.name)
         if not column.nullable and column.name not in keys and column.name not in never_null:
             rules.append(Rule(f"NULL in NOT NULL column {column.name}", f"{name} IS NULL"))
+        staged = (staging_columns or {}).get(column.name)
+        paths = nested_not_null(column.type, staged.type) if staged else None
+        for path in paths or []:
+            rules.append(
+                Rule(
+                    f"NULL in NOT NULL field {'.'.join((column.name, *path))}",
+                    _null_below_non_null(column.name, path),
+                )
+            )
         if column.invariant:
             rules.append(
                 Rule(
@@ -80,6 +92,15 @@ def rules_for(
                 Rule(f"CHECK constraint {name} ({expression})", f"({expression}) IS NOT TRUE")
             )
     return rules
+
+
+def _null_below_non_null(column: str, path: FieldPath) -> str:
+    """SQL true where the struct field at `path` is NULL and every struct above it is not
+    (a NULL struct holds no field to be NULL)."""
+    steps = [quote_ident(column)]
+    for name in path:
+        steps.append(f"{steps[-1]}['{name.replace(chr(39), chr(39) * 2)}']")
+    return " AND ".join([*(f"{s} IS NOT NULL" for s in steps[:-1]), f"{steps[-1]} IS NULL"])
 
 
 ROWS = "rows"

@@ -28,6 +28,7 @@ from deltalake import (
     CommitProperties,
     DeltaTable,
     QueryBuilder,
+    TableFeatures,
     WriterProperties,
     write_deltalake,
 )
@@ -44,7 +45,7 @@ from deltalake.exceptions import (
 )
 
 from .errors import InvalidInputError, MergeError, StorageError
-from .plan import Column, columns_of, quote_ident, writer_features
+from .plan import Column, columns_of, quote_ident, undeclared_features, writer_features
 from .storage import Location, looks_like_auth_error, one_line, scrub
 
 # Row groups of 16 K rows (~35 MB of CT rows): parquet-rs buffers a whole row group
@@ -257,7 +258,30 @@ class Table:
                 mode="error",
                 commit_properties=CommitProperties(custom_metadata=dict(metadata)),
             )
-        return cls.open(location, options)
+        table = cls.open(location, options)
+        table.declare_implied_features(metadata)
+        return table
+
+    def undeclared_features(self) -> list[str]:
+        """Writer features the schema implies and the protocol does not list (see
+        `plan.undeclared_features`)."""
+        protocol = self._dt.protocol()
+        return undeclared_features(
+            protocol.min_writer_version, protocol.writer_features, self.columns()
+        )
+
+    def declare_implied_features(self, metadata: Mapping[str, str]) -> list[str]:
+        """List in the protocol, in one commit, the writer features the schema implies
+        (nothing changes in what any engine reads or writes: every Delta writer enforces
+        NOT NULL); returns them. Without it Spark refuses to read the table."""
+        missing = self.undeclared_features()
+        if missing:
+            with translate_errors(self.location, self._options, "declare table features of"):
+                self._dt.alter.add_feature(
+                    [getattr(TableFeatures, f[0].upper() + f[1:]) for f in missing],
+                    commit_properties=CommitProperties(custom_metadata=dict(metadata)),
+                )
+        return missing
 
     def at_version(self, version: int) -> Table:
         return Table.open(self.location, self._options, version)

@@ -166,6 +166,7 @@ class _Merge:
         self.options = request.storage_options
         self.deletes = not (request.keep_staging or request.dry_run)
         self.main: Table | None = None
+        self._declared = False  # main's implied writer features checked (see _commit)
         self.files: MainFiles | None = None  # main's files, for the read accounting
         self.prefix = Prefix(request.staging, self.options)
         self.sharded = request.shard is not None and request.shard.count > 1
@@ -315,6 +316,7 @@ class _Merge:
             main.configuration() if main else None,
             decimal_partitions,
             never_null=staging.never_null(),
+            staging_columns=self.staging_columns,
         )
         counts = staging.query(checks.audit_sql(QUERY_TABLE, rules)).to_pylist()[0]
         found = checks.violations(rules, counts)
@@ -757,6 +759,12 @@ class _Merge:
         if self.main is None:
             self._create_main(planned)
         assert self.main is not None
+        if self.main.version == 0 and not self._declared:
+            # a run killed between creating main and declaring its features left it so
+            declared = self.main.declare_implied_features({"stagingmerge.declared": "features"})
+            if declared:
+                log.info("declared main's implied writer features", features=declared)
+        self._declared = True
         return self.main.append(rows, planned.target, metadata)
 
     def _create_main(self, planned: _Plan) -> None:

@@ -183,12 +183,62 @@ def check_first_by(
         )
 
 
+# Nested nullability. A nested field, array element or map value that staging declares
+# NOT NULL fits a main that allows NULL there (Spark's CTAS makes every nested field
+# nullable; its DataFrame writes keep them NOT NULL). The other way round, a struct field
+# main declares NOT NULL fits when staging holds no NULL there (the audit counts them:
+# `checks.rules_for`); an array element or map value main declares NOT NULL does not.
+_NESTED_NULLABILITY = frozenset({"nullable", "containsNull", "valueContainsNull"})
+
+FieldPath = tuple[str, ...]  # a column's nested struct field: ("issuer", "cn")
+
+
+def nested_not_null(main_type: str, staging_type: str) -> list[FieldPath] | None:
+    """None when staging's values of this Delta type (canonical JSON) cannot be written as
+    main's; else the paths below the column (struct fields only) that main declares NOT
+    NULL and staging allows NULL in, for the audit to prove NULL-free."""
+    paths: list[FieldPath] = []
+
+    def walk(m: Any, s: Any, path: FieldPath, through_structs: bool) -> bool:
+        if isinstance(m, dict) and isinstance(s, dict):
+            if m.keys() != s.keys() or m.get("type") != s.get("type"):
+                return False
+            if m.get("type") == "struct":
+                fields = list(zip(m["fields"], s["fields"], strict=False))
+                if len(m["fields"]) != len(s["fields"]):
+                    return False
+                for mf, sf in fields:
+                    if mf["name"] != sf["name"]:
+                        return False
+                    here = (*path, mf["name"])
+                    if not mf["nullable"] and sf["nullable"]:
+                        if not through_structs:
+                            return False
+                        paths.append(here)
+                    if not walk(mf["type"], sf["type"], here, through_structs):
+                        return False
+                return True
+            for k in m:
+                if k in _NESTED_NULLABILITY:
+                    if not m[k] and s[k]:
+                        return False
+                elif k != "type" and not walk(m[k], s[k], path, False):
+                    return False
+            return True
+        return bool(m == s)
+
+    if main_type == staging_type:
+        return []
+    return paths if walk(json.loads(main_type), json.loads(staging_type), (), True) else None
+
+
 def check_compatible(
     main: Mapping[str, Column], staging: Mapping[str, Column], keys: Sequence[str]
 ) -> list[str]:
     """Refuse a staging schema that main can't take as it is; return must-be-non-null columns.
 
-    Names and types must match exactly (column order may differ). A column that
+    Names and types must match (column order may differ; nested nullability may differ
+    as `nested_not_null` allows). A column that
     main declares NOT NULL may be nullable in staging (pyarrow writes nullable by
     default), as long as staging holds no NULL in it: the returned list is the
     key columns plus those, for the caller to check before anything is written.
@@ -198,7 +248,7 @@ def check_compatible(
     changed = [
         f"{c} (main {main[c].type_name}, staging {staging[c].type_name})"
         for c in staging
-        if c in main and main[c].type != staging[c].type
+        if c in main and nested_not_null(main[c].type, staging[c].type) is None
     ]
     problems = []
     if extra:
@@ -281,6 +331,19 @@ def writer_features(min_writer_version: int, named: Sequence[str] | None) -> set
         if version <= min_writer_version
         for feature in features
     }
+
+
+def undeclared_features(
+    min_writer_version: int, named: Sequence[str] | None, columns: Mapping[str, Column]
+) -> list[str]:
+    """Writer features a table-features protocol (writer version 7) must list for what
+    its schema already holds, and does not: `invariants` for a NOT NULL column, top level
+    or nested. delta-rs 1.x creates such tables (a new main with timestamp_ntz or variant
+    columns) and Spark refuses to read them (DELTA_FEATURES_PROTOCOL_METADATA_MISMATCH)."""
+    if min_writer_version < 7 or "invariants" in (named or ()):
+        return []
+    not_null = any(not c.nullable or '"nullable": false' in c.type for c in columns.values())
+    return ["invariants"] if not_null else []
 
 
 def check_writable(features: Collection[str], what: str) -> None:

@@ -472,3 +472,50 @@ def test_partitioning_a_new_main_by_a_struct_is_refused_and_leaves_no_folder(pat
     assert result.code == 2
     assert "columns Delta cannot partition by: extra (struct)" in result.error_lines[0]
     assert not main.exists()
+
+
+# --- the protocol of a main the merge creates -----------------------------------------
+
+
+def ntz_schema() -> Schema:
+    return Schema.from_json(
+        json.dumps({"type": "struct", "fields": [
+            {"name": "log", "type": "string", "nullable": False, "metadata": {}},
+            {"name": "index", "type": "long", "nullable": False, "metadata": {}},
+            {"name": "at", "type": "timestamp_ntz", "nullable": True, "metadata": {}},
+        ]})
+    )  # fmt: skip
+
+
+def ntz_rows(n: int) -> pa.Table:
+    schema = pa.schema([pa.field("log", pa.string(), False), pa.field("index", pa.int64(), False)])
+    at = pa.array([dt.datetime(2026, 1, 1)] * n, pa.timestamp("us"))
+    return pa.table([pa.array(["a"] * n), pa.array(range(n), pa.int64()), at],
+                    schema=schema.append(pa.field("at", pa.timestamp("us"))))  # fmt: skip
+
+
+def writer_features(path: Path) -> list[str]:
+    return sorted(DeltaTable(str(path)).protocol().writer_features or [])
+
+
+def test_a_new_main_lists_the_invariants_its_not_null_columns_imply(paths):
+    """A timestamp_ntz staging makes a table-features protocol: delta-rs would list only
+    timestampNtz, and Spark refuses a table whose NOT NULL columns have no `invariants`
+    feature (tests/spark proves Spark reads the merged main)."""
+    main, staging = paths
+    DeltaTable.create(str(staging), schema=ntz_schema())
+    write_deltalake(str(staging), ntz_rows(3), mode="append")
+    merge(main, staging)
+    assert writer_features(main) == ["invariants", "timestampNtz"]
+    assert main_rows(main) == ntz_rows(3).to_pylist()
+
+
+def test_a_main_left_between_its_creation_and_its_features_is_completed(paths):
+    """A merge killed right after creating main (version 0, features not yet listed):
+    the rerun lists them before its first append."""
+    main, staging = paths
+    DeltaTable.create(str(main), schema=ntz_schema())  # what the killed run left
+    assert writer_features(main) == ["timestampNtz"]
+    write_deltalake(str(staging), ntz_rows(2))
+    m = merge(main, staging)
+    assert m.inserted == 2 and writer_features(main) == ["invariants", "timestampNtz"]

@@ -1,10 +1,12 @@
 """INT96 timestamps delta-rs would misread (issue 24, the silent case): refused, exit 2.
 
-Stand-in, until the Spark tooling of issue 24 lands: the data files are written by
-pyarrow exactly as Spark writes timestamps by default — Parquet INT96, no embedded Arrow
-schema (arrow-rs then decodes them as nanoseconds and 9999-12-31 reads as 1816-03-29) —
-and the log by delta-rs's own converter (`convert_to_deltalake`, which keeps no
-statistics for them, as Spark does past its first 32 columns)."""
+Spark itself writes such tables in tests/spark (`int96_edges`, judged by Spark's reading).
+These cases stay because Spark cannot write them on purpose: the log holds no statistics for
+the column (as Spark's log has none past its first 32 columns), so only the files can tell.
+The data files are written by pyarrow exactly as Spark writes timestamps by default (Parquet
+INT96, no embedded Arrow schema: arrow-rs then decodes them as nanoseconds and 9999-12-31
+reads as 1816-03-29), and the log by delta-rs's own converter (`convert_to_deltalake`,
+which keeps no statistics for them)."""
 
 from __future__ import annotations
 

@@ -203,6 +203,25 @@ class TestBadInput:
             merge(main, staging, keys=("id",))
         assert version(main) == 0
 
+    @pytest.mark.parametrize("cn", ["x", None])
+    def test_a_struct_field_main_declares_not_null(self, tables, cn):
+        """Staging that allows NULL in a struct field main requires (Spark's CTAS beside a
+        Spark DataFrame write) merges when it holds none there, and is refused if it does."""
+        main, staging = tables
+        strict = pa.struct([pa.field("cn", pa.string(), False)])
+        DeltaTable.create(
+            str(main), pa.schema([pa.field("id", pa.int64(), False), pa.field("s", strict)])
+        )
+        loose = pa.struct([pa.field("cn", pa.string(), True)])
+        write(staging, pa.table({"id": [1, 2], "s": pa.array([{"cn": "a"}, {"cn": cn}], loose)}))
+        if cn is None:
+            with pytest.raises(InvalidInputError, match=r"NULL in NOT NULL field s\.cn: 1 rows"):
+                merge(main, staging, keys=("id",))
+            assert version(main) == 0
+        else:
+            assert merge(main, staging, keys=("id",)).inserted == 2
+            assert rows(main).sort_by("id")["s"].to_pylist() == [{"cn": "a"}, {"cn": "x"}]
+
     def test_schema_mismatch_changes_nothing(self, tables):
         main, staging = tables
         write(main, pa.table({"id": [1], "v": ["a"]}))

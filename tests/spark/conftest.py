@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.spark import session
+from tools import spark_session as session
 
 
 @pytest.fixture(scope="session")

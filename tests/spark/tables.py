@@ -90,17 +90,14 @@ def create(
 
 def append(spark: SparkSession, path: Path, lo: int, hi: int, extra: str = "",
            commits: int = 2) -> None:  # fmt: skip
+    """Append the universe's rows [lo, hi) in `commits` INSERTs naming the columns they
+    hold (a generated or identity column is left to Spark)."""
     step = max(1, -(-(hi - lo) // commits))
     for start in range(lo, hi, step):
-        columns = [f.name for f in spark.table(at(path)).schema.fields if not _generated(f)]
-        universe(spark, start, min(hi, start + step), extra).createOrReplaceTempView("batch")
-        names = ", ".join(f"`{c}`" for c in columns)
+        batch = universe(spark, start, min(hi, start + step), extra)
+        batch.createOrReplaceTempView("batch")
+        names = ", ".join(f"`{c}`" for c in batch.columns)
         spark.sql(f"INSERT INTO {at(path)} ({names}) SELECT {names} FROM batch")
-
-
-def _generated(field: Any) -> bool:
-    meta = field.metadata or {}
-    return any("generation" in k or "identity" in k for k in meta)
 
 
 # -- one builder per feature: (spark, path, lo, hi) -> None ----------------------------

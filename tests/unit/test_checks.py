@@ -1,3 +1,5 @@
+import json
+
 from stagingmerge_merger import checks
 from stagingmerge_merger.plan import Column
 
@@ -38,3 +40,27 @@ def test_audit_sql_and_the_refusal_message():
         ("negative value in decimal partition column d (deltalake writes those wrongly)", 3)
     ]
     assert "d (deltalake writes those wrongly): 3 rows" in checks.refusal(found)
+
+
+def test_struct_fields_main_requires_are_checked_only_where_staging_allows_null():
+    def struct(nullable: bool) -> str:
+        inner = {
+            "type": "struct",
+            "fields": [{"name": "it's", "type": "long", "nullable": nullable}],
+        }
+        outer = [{"name": "cn", "type": "string", "nullable": nullable}]
+        outer.append({"name": "deep", "type": inner, "nullable": True})
+        return json.dumps({"type": "struct", "fields": outer}, sort_keys=True)
+
+    main = {"k": Column("k", '"long"', False), "s": Column("s", struct(False), True)}
+    staging = {"k": Column("k", '"long"', False), "s": Column("s", struct(True), True)}
+    rules = checks.rules_for(["k"], main, {}, never_null={"k"}, staging_columns=staging)
+    assert [(r.label, r.violation) for r in rules] == [
+        ("NULL in NOT NULL field s.cn", """"s" IS NOT NULL AND "s"['cn'] IS NULL"""),
+        (
+            "NULL in NOT NULL field s.deep.it's",
+            """"s" IS NOT NULL AND "s"['deep'] IS NOT NULL AND "s"['deep']['it''s'] IS NULL""",
+        ),
+    ]
+    same = checks.rules_for(["k"], main, {}, never_null={"k"}, staging_columns=main)
+    assert same == []

@@ -73,6 +73,35 @@ class TestSchemas:
         plan.check_compatible(plan.columns_of(MAIN), plan.columns_of(staging), ["cert_index"])
 
     @pytest.mark.parametrize(
+        ("main_nested", "staging_nested", "fits"),
+        [
+            (True, False, True),  # Spark CTAS main, Spark DataFrame staging
+            (True, True, True),
+            (False, False, True),
+            (False, True, False),  # staging could hold a NULL main forbids there
+        ],
+    )
+    def test_nested_nullability_may_only_widen_into_main(self, main_nested, staging_nested, fits):
+        def table(nested: bool) -> dict:
+            struct = {
+                "type": "struct",
+                "fields": [{"name": "cn", "type": "string", "nullable": nested, "metadata": {}}],
+            }
+            mapping = {
+                "type": "map",
+                "keyType": "string",
+                "valueType": {"type": "array", "elementType": struct, "containsNull": nested},
+                "valueContainsNull": nested,
+            }
+            return plan.columns_of(schema(("cert_index", "long", False), ("m", mapping, True)))
+
+        if fits:
+            plan.check_compatible(table(main_nested), table(staging_nested), ["cert_index"])
+        else:
+            with pytest.raises(InvalidInputError, match="column types differ: m"):
+                plan.check_compatible(table(main_nested), table(staging_nested), ["cert_index"])
+
+    @pytest.mark.parametrize(
         ("staging", "message"),
         [
             (
@@ -196,3 +225,24 @@ class TestPredicates:
             '("source_url" = \'a\' AND "cert_index" IN (1, 2)) OR '
             '("source_url" = \'b\' AND "cert_index" IN (1))'
         )
+
+
+class TestImpliedFeatures:
+    @pytest.mark.parametrize(
+        ("version", "named", "fields", "missing"),
+        [
+            (7, ["timestampNtz"], [("a", "long", False)], ["invariants"]),
+            (7, ["timestampNtz", "invariants"], [("a", "long", False)], []),
+            (7, ["timestampNtz"], [("a", "long", True)], []),
+            (2, None, [("a", "long", False)], []),  # legacy protocols imply invariants
+            (
+                7,
+                [],
+                [("s", {"type": "struct", "fields": [{"name": "x", "type": "long",
+                                                      "nullable": False}]}, True)],
+                ["invariants"],
+            ),
+        ],
+    )  # fmt: skip
+    def test_not_null_needs_invariants_listed(self, version, named, fields, missing):
+        assert plan.undeclared_features(version, named, plan.columns_of(schema(*fields))) == missing

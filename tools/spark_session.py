@@ -1,8 +1,10 @@
-"""A local SparkSession with Delta Lake: the reference engine of the Spark tests.
+"""A local SparkSession with Delta Lake: the reference engine of the Spark tests, and the
+Spark contender of bench/run.py.
 
 Spark 4.0 and Delta 4.0 as pinned in pyproject.toml's dev extra; the Delta jars are the
 ones tools/get_delta_jars.py put in .tools/delta/<version>/ (given as paths, so nothing
-is resolved from Maven at run time). Two cores, a small driver, no UI, every time in UTC.
+is resolved from Maven at run time). Two cores, a small driver (the tests'), no UI, every
+time in UTC.
 Spark writes timestamps as Parquet INT96 here, as it does by default everywhere.
 """
 
@@ -28,22 +30,28 @@ def jars() -> list[Path]:
     return get_delta_jars.jars(importlib.metadata.version("delta-spark"))
 
 
-def start(workdir: Path) -> SparkSession:
+def start(workdir: Path, memory: str = "1g", cores: str = "2") -> SparkSession:
+    """`cores`: local threads, "*" for every core."""
     from pyspark.sql import SparkSession
 
     workdir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    threads = str(os.cpu_count() or 2) if cores == "*" else cores
     builder = (
-        SparkSession.builder.master("local[2]")
-        .appName("stagingmerge-tests")
+        SparkSession.builder.master(f"local[{cores}]")
+        .appName("stagingmerge")
         .config("spark.jars", ",".join(str(j) for j in jars()))
         .config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
         .config("spark.sql.catalog.spark_catalog", DELTA_CATALOG)
-        .config("spark.driver.memory", "1g")
+        .config("spark.driver.memory", memory)
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
-        .config("spark.sql.shuffle.partitions", "2")
-        .config("spark.default.parallelism", "2")
+        .config("spark.sql.shuffle.partitions", threads)
+        .config("spark.default.parallelism", threads)
+        # Delta replays its log in this many tasks (default 50)
+        .config("spark.databricks.delta.snapshotPartitions", threads)
+        # VACUUM lists files in this many tasks (default 10,000: 40 s for a tiny table here)
+        .config("spark.sql.sources.parallelPartitionDiscovery.parallelism", threads)
         .config("spark.sql.session.timeZone", "UTC")
         .config(
             "spark.driver.extraJavaOptions", f"-Duser.timezone=UTC -Dderby.system.home={workdir}"
