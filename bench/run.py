@@ -155,14 +155,24 @@ def _staging_by_log(main: Path) -> Path:
     return target
 
 
-def snapshot(table: Path) -> set[Path]:
-    return {p for p in table.rglob("*") if p.is_file()}
+def snapshot(table: Path) -> dict[Path, bytes | None]:
+    """Every file of the table; the bytes of its log's files too (small, and the ones a
+    writer may rewrite in place: Spark's MERGE rewrites `_last_checkpoint`)."""
+    return {
+        p: p.read_bytes() if "_delta_log" in p.parts else None
+        for p in table.rglob("*")
+        if p.is_file()
+    }
 
 
-def restore(table: Path, before: set[Path]) -> None:
-    """Put main back as it was: remove every file a contender added."""
-    for path in snapshot(table) - before:
+def restore(table: Path, before: dict[Path, bytes | None]) -> None:
+    """Put main back as it was: remove every file a contender added, rewrite every log
+    file it changed."""
+    for path in set(snapshot(table)) - set(before):
         path.unlink()
+    for path, content in before.items():
+        if content is not None and path.read_bytes() != content:
+            path.write_bytes(content)
 
 
 def run_contender(
