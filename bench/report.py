@@ -37,7 +37,7 @@ def main() -> None:
                     if r.get("merge_seconds") is not None
                     else "",
                     f"{r['seconds'] / append['seconds']:.2f}x" if append else "",
-                    f"{original['seconds'] / r['seconds']:.1f}x faster"
+                    versus(original["seconds"], r["seconds"])
                     if original and r is not original
                     else "",
                 )
@@ -52,11 +52,24 @@ def main() -> None:
         batch = f"{row[2]:,}" if row[2] else ""
         cells = [f"{row[0]:,}", f"{row[1]:,}", batch, *map(str, row[3:])]
         print("| " + " | ".join(cells) + " |")
-    machines = sorted({r["machine"] for r in records})
-    print(
-        f"\nMachine: {'; '.join(machines)}. Each figure is the median of 3 runs"
-        " (original and spark: 1 run)."
-    )
+    measured = sorted(
+        {(r.get("machine", rec["machine"]), r.get("when", rec["when"]), r["contender"])
+         for rec in records for r in rec["results"]}
+    )  # fmt: skip
+    by_machine: dict[tuple[str, str], list[str]] = {}
+    for where, when, contender in measured:
+        names = by_machine.setdefault((where, when), [])
+        if contender not in names:
+            names.append(contender)
+    print()
+    for (where, when), names in sorted(by_machine.items(), key=lambda kv: kv[0][1]):
+        print(f"- {', '.join(sorted(names, key=ORDER.index))}: {where} ({when})")
+    print("\nEach figure is the median of 3 runs (original and spark: 1 run).")
+
+
+def versus(original: float, seconds: float) -> str:
+    ratio = original / seconds
+    return f"{ratio:.1f}x faster" if ratio >= 1 else f"{1 / ratio:.1f}x slower"
 
 
 if __name__ == "__main__":

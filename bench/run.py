@@ -344,10 +344,17 @@ def main() -> None:
     name = f"main{args.main_rows}-staging{args.staging_rows}-batch{args.batch_rows}.json"
     path = RESULTS / name
     ran = {r["contender"] for r in results}
+    here, today = machine(), time.strftime("%Y-%m-%d")
+    for r in results:
+        r["machine"], r["when"] = here, today
     if path.exists():  # keep the contenders not run this time (e.g. the slow original)
-        kept = json.loads(path.read_text()).get("results", [])
-        results = [r for r in kept if r["contender"] not in ran] + results
-    record = {"machine": machine(), "when": time.strftime("%Y-%m-%d"), "results": results}
+        old = json.loads(path.read_text())
+        kept = [r for r in old.get("results", []) if r["contender"] not in ran]
+        for r in kept:  # each keeps the machine and day it was measured on
+            r.setdefault("machine", old.get("machine"))
+            r.setdefault("when", old.get("when"))
+        results = kept + results
+    record = {"machine": here, "when": today, "results": results}
     path.write_text(json.dumps(record, indent=2) + "\n")
     print(f"saved {RESULTS / name}", file=sys.stderr)
 

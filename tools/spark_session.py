@@ -36,6 +36,8 @@ def start(workdir: Path, memory: str = "1g", cores: str = "2") -> SparkSession:
 
     workdir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    # local mode talks to itself only: bind to loopback, whatever the hostname resolves to
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     threads = str(os.cpu_count() or 2) if cores == "*" else cores
     builder = (
         SparkSession.builder.master(f"local[{cores}]")

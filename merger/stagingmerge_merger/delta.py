@@ -274,13 +274,22 @@ class Table:
         """List in the protocol, in one commit, the writer features the schema implies
         (nothing changes in what any engine reads or writes: every Delta writer enforces
         NOT NULL); returns them. Without it Spark refuses to read the table."""
-        missing = self.undeclared_features()
-        if missing:
-            with translate_errors(self.location, self._options, "declare table features of"):
+        with translate_errors(self.location, self._options, "declare table features of"):
+            self._dt.update_incremental()
+            missing = self.undeclared_features()
+            if not missing:
+                return []
+            try:
                 self._dt.alter.add_feature(
                     [getattr(TableFeatures, f[0].upper() + f[1:]) for f in missing],
                     commit_properties=CommitProperties(custom_metadata=dict(metadata)),
                 )
+            except DeltaError:
+                # another writer (a shard that created main) may have declared them first
+                self._dt.update_incremental()
+                if self.undeclared_features():
+                    raise
+                return []
         return missing
 
     def at_version(self, version: int) -> Table:

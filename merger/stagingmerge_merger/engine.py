@@ -761,7 +761,9 @@ class _Merge:
         assert self.main is not None
         if self.main.version == 0 and not self._declared:
             # a run killed between creating main and declaring its features left it so
-            declared = self.main.declare_implied_features({"stagingmerge.declared": "features"})
+            declared = self.main.declare_implied_features(
+                {"stagingmerge.created_from": str(self.req.staging)}
+            )
             if declared:
                 log.info("declared main's implied writer features", features=declared)
         self._declared = True

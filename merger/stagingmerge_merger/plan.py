@@ -204,10 +204,9 @@ def nested_not_null(main_type: str, staging_type: str) -> list[FieldPath] | None
             if m.keys() != s.keys() or m.get("type") != s.get("type"):
                 return False
             if m.get("type") == "struct":
-                fields = list(zip(m["fields"], s["fields"], strict=False))
                 if len(m["fields"]) != len(s["fields"]):
                     return False
-                for mf, sf in fields:
+                for mf, sf in zip(m["fields"], s["fields"], strict=True):
                     if mf["name"] != sf["name"]:
                         return False
                     here = (*path, mf["name"])
@@ -342,7 +341,13 @@ def undeclared_features(
     columns) and Spark refuses to read them (DELTA_FEATURES_PROTOCOL_METADATA_MISMATCH)."""
     if min_writer_version < 7 or "invariants" in (named or ()):
         return []
-    not_null = any(not c.nullable or '"nullable": false' in c.type for c in columns.values())
+
+    def nested(node: Any) -> bool:  # a struct field declared NOT NULL, at any depth
+        if isinstance(node, dict):
+            return node.get("nullable") is False or any(nested(v) for v in node.values())
+        return isinstance(node, list) and any(nested(v) for v in node)
+
+    not_null = any(not c.nullable or nested(json.loads(c.type)) for c in columns.values())
     return ["invariants"] if not_null else []
 
 

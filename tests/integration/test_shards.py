@@ -4,6 +4,7 @@ a shard killed half-way is rerun without loss or duplicate."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import subprocess
@@ -154,11 +155,23 @@ def test_shards_of_an_empty_staging_delete_it_once(store):
     assert not store.exists("staging")
 
 
-def test_shards_into_a_missing_main_create_it_once(store):
+@pytest.mark.parametrize("features", [False, True])
+def test_shards_into_a_missing_main_create_it_once(store, features):
+    """`features`: staging has a timestamp_ntz column and a NOT NULL one, so main's protocol
+    lists table features, and the shards that race to create main also race to declare
+    the `invariants` feature its NOT NULL column implies."""
     staging_rows = ct([0, 1] * 30, [i // 2 for i in range(60)], seed=3)
+    if features:
+        at = pa.array([dt.datetime(2026, 1, 1)] * 60, pa.timestamp("us"))  # timestamp_ntz
+        staging_rows = staging_rows.append_column("logged_at", at)
+        strict = staging_rows.schema.set(1, staging_rows.schema.field(1).with_nullable(False))
+        staging_rows = staging_rows.cast(strict)
     store.write("staging", staging_rows)
     results = at_once(store, 2)
     assert [r.code for r in results] == [0, 0], [r.metrics.get("error") for r in results]
+    if features:
+        protocol = store.table("main").protocol()
+        assert {"invariants", "timestampNtz"} <= set(protocol.writer_features or [])
     assert store.keys("main") == sorted(
         zip(
             staging_rows["source_url"].to_pylist(),
