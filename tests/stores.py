@@ -36,6 +36,9 @@ class Store:
     def table(self, name: str) -> DeltaTable:
         return DeltaTable(self.uri(name), storage_options=self.options or None)
 
+    def table_at(self, name: str, version: int) -> DeltaTable:
+        return DeltaTable(self.uri(name), version=version, storage_options=self.options or None)
+
     def rows(self, name: str) -> pa.Table:
         from tests.helpers import read
 

@@ -248,7 +248,9 @@ class Table:
     ) -> Table:
         """Create the table, empty, in one commit (version 0): atomic, so a crash right
         after it leaves a valid table that a rerun appends to. `schema` is a Delta schema
-        (JSON, `plain_delta_schema`): Delta's own types, which Arrow's cannot all say."""
+        (JSON, `plain_delta_schema`): Delta's own types, which Arrow's cannot all say.
+        The writer features the schema implies are declared apart, in the next commit
+        (declare_implied_features): delta-rs's create does not list them all."""
         with translate_errors(location, options, "create"):
             DeltaTable.create(
                 location.url,
@@ -256,11 +258,14 @@ class Table:
                 partition_by=list(partition_by) or None,
                 storage_options=dict(options) or None,
                 mode="error",
-                commit_properties=CommitProperties(custom_metadata=dict(metadata)),
+                # no retry: a create that lost the race for version 0 would otherwise be
+                # committed again as version 1, a second CREATE TABLE (a new table id, and
+                # the schema of whoever came second) over the winner's table
+                commit_properties=CommitProperties(
+                    custom_metadata=dict(metadata), max_commit_retries=0
+                ),
             )
-        table = cls.open(location, options)
-        table.declare_implied_features(metadata)
-        return table
+        return cls.open(location, options, 0)  # ours: what others commit next is theirs
 
     def undeclared_features(self) -> list[str]:
         """Writer features the schema implies and the protocol does not list (see
@@ -270,27 +275,28 @@ class Table:
             protocol.min_writer_version, protocol.writer_features, self.columns()
         )
 
-    def declare_implied_features(self, metadata: Mapping[str, str]) -> list[str]:
+    def declare_implied_features(self, metadata: Mapping[str, str]) -> int | None:
         """List in the protocol, in one commit, the writer features the schema implies
         (nothing changes in what any engine reads or writes: every Delta writer enforces
-        NOT NULL); returns them. Without it Spark refuses to read the table."""
+        NOT NULL); without it Spark refuses to read the table. Returns the version of that
+        commit, or None when it made none (nothing was missing, or another writer, a shard
+        that created main, declared them first)."""
         with translate_errors(self.location, self._options, "declare table features of"):
             self._dt.update_incremental()
             missing = self.undeclared_features()
             if not missing:
-                return []
+                return None
             try:
                 self._dt.alter.add_feature(
                     [getattr(TableFeatures, f[0].upper() + f[1:]) for f in missing],
                     commit_properties=CommitProperties(custom_metadata=dict(metadata)),
                 )
             except DeltaError:
-                # another writer (a shard that created main) may have declared them first
                 self._dt.update_incremental()
                 if self.undeclared_features():
                     raise
-                return []
-        return missing
+                return None
+        return self.version
 
     def at_version(self, version: int) -> Table:
         return Table.open(self.location, self._options, version)
@@ -559,6 +565,12 @@ def translate_errors(location: Location, options: Mapping[str, str], action: str
                 f" ({text}); the table is broken (a file removed by hand, or by a VACUUM"
                 " while the log still needs it): restore the file or repair the log"
             ) from exc
+        if action in _READS and _UNDECODABLE.search(text):
+            raise InvalidInputError(
+                f"cannot {action} {location}: deltalake {deltalake_version} cannot decode its"
+                f" data as its schema declares ({text}); no retry can help: rewrite the"
+                " table's files in the declared types"
+            ) from exc
         if looks_like_auth_error(text):
             raise InvalidInputError(
                 f"cannot {action} {location}: storage refused the credentials ({text})"
@@ -569,6 +581,14 @@ def translate_errors(location: Location, options: Mapping[str, str], action: str
 # delta-rs's words for a log it cannot parse (serde_json's end in "at line N column M")
 _CORRUPT_LOG = re.compile(
     r"\bjson error\b|invalid json|failed to parse .*json|at line \d+ column \d+", re.IGNORECASE
+)
+# Arrow's and DataFusion's words for data that does not decode as the schema says (a
+# file's physical type the declared one cannot be cast from, an array of a type a reader
+# cannot view): the same on every attempt, so not a storage failure to retry
+_READS = ("scan", "query")  # a write's cast error is ours, not the table's
+_UNDECODABLE = re.compile(
+    r"\bcast error\b|\bcannot cast\b|can't view array of type|not yet implemented",
+    re.IGNORECASE,
 )
 _MISSING_FILE = re.compile(
     r"(object at location \S+ not found|failed to fetch metadata for file)", re.IGNORECASE

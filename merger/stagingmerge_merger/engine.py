@@ -166,7 +166,7 @@ class _Merge:
         self.options = request.storage_options
         self.deletes = not (request.keep_staging or request.dry_run)
         self.main: Table | None = None
-        self._declared = False  # main's implied writer features checked (see _commit)
+        self._declared = False  # main's implied writer features checked (see _ready_main)
         self.files: MainFiles | None = None  # main's files, for the read accounting
         self.prefix = Prefix(request.staging, self.options)
         self.sharded = request.shard is not None and request.shard.count > 1
@@ -528,7 +528,7 @@ class _Merge:
         for attempt in range(1, MAX_COMMIT_ATTEMPTS + 1):
             if self.main is None and attempt > 1:
                 self.main = self._open_main()  # another writer may have created it
-            base = self.main.latest_version() if self.main else 0
+            base = self.main.latest_version() if self.main else -1  # -1: no version yet
             present = (
                 self._main_keys(ranges, planned.key_schema, predicate)
                 if self.main
@@ -603,6 +603,9 @@ class _Merge:
             }
             if self.req.shard is not None:
                 metadata["stagingmerge.shard"] = str(self.req.shard)
+            for version in self._ready_main(planned):
+                if version == seen + 1:  # our own commit next to what we know: nobody else's
+                    seen = counted = version
             others = 0
             if self.main is not None and self.main.latest_version() > seen:
                 others = self.main.version - counted  # commits after our last one: theirs
@@ -755,23 +758,38 @@ class _Merge:
     def _commit(
         self, rows: Iterator[pa.RecordBatch], planned: _Plan, metadata: dict[str, str]
     ) -> int:
-        """Append to main, creating main first (empty, version 0) when it is missing."""
-        if self.main is None:
-            self._create_main(planned)
+        """Append to main (made ready by _ready_main); return the version committed."""
         assert self.main is not None
-        if self.main.version == 0 and not self._declared:
-            # a run killed between creating main and declaring its features left it so
+        return self.main.append(rows, planned.target, metadata)
+
+    def _ready_main(self, planned: _Plan) -> list[int]:
+        """Make main ready for the first append: created when missing (empty), its implied
+        writer features declared (a run killed between those two commits left a version-0
+        main without them). Returns the versions of the commits this made, in order, so
+        the caller does not count them as other writers'."""
+        made: list[int] = []
+        if self.main is None and self._create_main(planned):
+            assert self.main is not None
+            made.append(self.main.version)
+        assert self.main is not None
+        if not self._declared and self.main.version == 0:
             declared = self.main.declare_implied_features(
                 {"stagingmerge.created_from": str(self.req.staging)}
             )
-            if declared:
-                log.info("declared main's implied writer features", features=declared)
+            if declared is not None:
+                log.info(
+                    "declared main's implied writer features",
+                    features=",".join(sorted(self.main.writer_features())),
+                    version=declared,
+                )
+                made.append(declared)
         self._declared = True
-        return self.main.append(rows, planned.target, metadata)
+        return made
 
-    def _create_main(self, planned: _Plan) -> None:
+    def _create_main(self, planned: _Plan) -> bool:
         """Create main with staging's columns (after every check passed, before the first
-        append); a failed create leaves nothing behind."""
+        append); a failed create leaves nothing behind. False when another writer created
+        it first (main is then theirs, opened)."""
         assert planned.create_as is not None  # planned when main was missing
         try:
             self.main = Table.create(
@@ -793,7 +811,7 @@ class _Merge:
             log.info(
                 "another writer created main meanwhile; appending to it", main=str(self.req.main)
             )
-            return
+            return False
         self.metrics.main_created = True
         log.info(
             "created main",
@@ -801,6 +819,7 @@ class _Merge:
             partition_by=planned.partition_by,
             version=self.main.version,
         )
+        return True
 
     def _main_keys(
         self, ranges: list[plan.KeyRange], schema: pa.Schema, predicate: str | None

@@ -505,9 +505,12 @@ def test_a_new_main_lists_the_invariants_its_not_null_columns_imply(paths):
     main, staging = paths
     DeltaTable.create(str(staging), schema=ntz_schema())
     write_deltalake(str(staging), ntz_rows(3), mode="append")
-    merge(main, staging)
+    m = merge(main, staging)
     assert writer_features(main) == ["invariants", "timestampNtz"]
     assert main_rows(main) == ntz_rows(3).to_pylist()
+    # the create and the declaration are this run's commits, not another writer's: no
+    # concurrent commit counted, no repair scan of main's keys
+    assert (m.concurrent_commits, m.main_key_scans, m.main_version_after) == (0, 0, 2)
 
 
 def test_a_main_left_between_its_creation_and_its_features_is_completed(paths):
@@ -519,3 +522,4 @@ def test_a_main_left_between_its_creation_and_its_features_is_completed(paths):
     write_deltalake(str(staging), ntz_rows(2))
     m = merge(main, staging)
     assert m.inserted == 2 and writer_features(main) == ["invariants", "timestampNtz"]
+    assert (m.concurrent_commits, m.main_version_after) == (0, 2)

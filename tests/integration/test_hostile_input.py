@@ -153,6 +153,28 @@ def nested_json_flipped(table: Path) -> str:
     return "its log does not parse"
 
 
+def declared_as(column: str, declared: object) -> Callable[[Path], str]:
+    """The schema in the log declares `column` in a type its files cannot be read as (a
+    table rewritten by hand, a writer's bug): Arrow's cast fails on every attempt, so
+    the merge must not report it as a storage failure worth retrying forever."""
+
+    def mutate(table: Path) -> str:
+        for version in range(3):
+            actions = [json.loads(line) for line in commit(table, version).read_text().splitlines()]
+            for action in actions:
+                if "metaData" in action:
+                    schema = json.loads(action["metaData"]["schemaString"])
+                    next(f for f in schema["fields"] if f["name"] == column)["type"] = declared
+                    action["metaData"]["schemaString"] = json.dumps(schema)
+                # no statistics (a writer may keep none), or their values would not parse
+                # in the declared type and the log be refused before any file is read
+                action.get("add", {}).pop("stats", None)
+            commit(table, version).write_text("".join(json.dumps(a) + "\n" for a in actions))
+        return "cannot decode its data as its schema declares"
+
+    return mutate
+
+
 BROKEN: dict[str, Callable[[Path], str]] = {
     "a data file the log names is gone": missing_data_file,
     "a schema inside the log that does not parse": nested_json_flipped,
@@ -182,6 +204,26 @@ def test_a_log_no_writer_could_leave_is_invalid_input_and_changes_nothing(tmp_pa
     assert message in result.error_lines[0]
     assert str(main if role == "main" else staging) in result.error_lines[0]  # names it
     assert tree_hash(tmp_path) == before
+
+
+@pytest.mark.parametrize("column", ["cert_link", "source_url"])
+@pytest.mark.parametrize("main_exists", [False, True], ids=["new main", "main"])
+def test_data_that_does_not_decode_as_declared_is_invalid_input(tmp_path, column, main_exists):
+    """A column (a key column too) declared `long` over files holding strings, in staging
+    and, when it exists, in main as well (so their schemas agree and only the data is
+    wrong): exit 2 before any write, not a retry loop; nothing changes."""
+    main, staging = tmp_path / "main", three_commits(tmp_path / "staging", seed=5, start=8)
+    message = declared_as(column, "long")(staging)
+    if main_exists:
+        declared_as(column, "long")(three_commits(main, seed=1))
+    before = tree_hash(tmp_path)
+
+    result = run_cli("--main", str(main), "--staging", str(staging))
+
+    assert result.code == 2, result.stderr
+    assert result.metrics["outcome"] == "invalid_input"
+    assert len(result.error_lines) == 1 and message in result.error_lines[0]
+    assert tree_hash(tmp_path) == before and main.exists() == main_exists
 
 
 def test_a_valid_checkpoint_is_read_from_and_older_commits_may_be_gone(tmp_path):
