@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -15,6 +16,7 @@ import pyarrow as pa
 from deltalake import DeltaTable, write_deltalake
 
 from stagingmerge_merger.keysets import row_fingerprints
+from stagingmerge_merger.keyspace import Span
 from stagingmerge_merger.sample import ct_table
 
 CLI = str(Path(sys.executable).with_name("stagingmerge-merge"))
@@ -167,3 +169,21 @@ def expected_union(
     return table.select(sorted(table.column_names)).sort_by(
         [("source_url", "ascending"), ("cert_index", "ascending")]
     )
+
+
+def in_span(key: tuple[Any, ...], span: Span) -> bool:
+    """Whether a key tuple lies inside the span: the span predicate's meaning, in Python
+    (an oracle for the tests of the code that builds the predicate)."""
+    return (span.low is None or key >= span.low) and (span.high is None or key < span.high)
+
+
+def tree_hash(*paths: Path) -> str:
+    """One digest of every file under `paths` (names and bytes): equal means untouched."""
+    digest = hashlib.sha256()
+    for root in paths:
+        files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+        for path in files:
+            if path.exists():
+                digest.update(str(path).encode())
+                digest.update(path.read_bytes())
+    return digest.hexdigest()

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
-from .plan import Column, FieldPath, nested_not_null, quote_ident
+from .plan import ELEMENTS, FIELD, Column, FieldPath, NotNullBelow, nested_not_null, quote_ident
 
 CONSTRAINT_PREFIX = "delta.constraints."
 
@@ -26,6 +26,9 @@ CONSTRAINT_PREFIX = "delta.constraints."
 class Rule:
     label: str  # what the message calls it: "NULL in key column source_url", ...
     violation: str  # SQL, true for a row that breaks the rule
+    # SQL of an array whose NULL elements break the rule instead (then `violation` is
+    # unused): counted by a query of its own (element_audit_sql), in values, not rows
+    elements: str | None = None
 
 
 def rules_for(
@@ -63,14 +66,8 @@ def rules_for(
         if not column.nullable and column.name not in keys and column.name not in never_null:
             rules.append(Rule(f"NULL in NOT NULL column {column.name}", f"{name} IS NULL"))
         staged = (staging_columns or {}).get(column.name)
-        paths = nested_not_null(column.type, staged.type) if staged else None
-        for path in paths or []:
-            rules.append(
-                Rule(
-                    f"NULL in NOT NULL field {'.'.join((column.name, *path))}",
-                    _null_below_non_null(column.name, path),
-                )
-            )
+        below = nested_not_null(column.type, staged.type) if staged else None
+        rules += [_null_below_rule(column.name, place) for place in below or []]
         if column.invariant:
             rules.append(
                 Rule(
@@ -94,12 +91,32 @@ def rules_for(
     return rules
 
 
-def _null_below_non_null(column: str, path: FieldPath) -> str:
-    """SQL true where the struct field at `path` is NULL and every struct above it is not
-    (a NULL struct holds no field to be NULL)."""
+def _null_below_rule(column: str, place: NotNullBelow) -> Rule:
+    named = ".".join((column, *place.path))
+    if place.kind == FIELD:
+        return Rule(f"NULL in NOT NULL field {named}", _null_below_non_null(column, place.path))
+    what = _path_sql(column, place.path)
+    if place.kind == ELEMENTS:
+        return Rule(f"NULL element in {named}, whose elements are NOT NULL", "FALSE", what)
+    return Rule(f"NULL value in {named}, whose values are NOT NULL", "FALSE", f"map_values({what})")
+
+
+def _path_sql(column: str, path: FieldPath) -> str:
+    return _steps(column, path)[-1]
+
+
+def _steps(column: str, path: FieldPath) -> list[str]:
+    """SQL of the column, then of each struct field on the way down `path`."""
     steps = [quote_ident(column)]
     for name in path:
         steps.append(f"{steps[-1]}['{name.replace(chr(39), chr(39) * 2)}']")
+    return steps
+
+
+def _null_below_non_null(column: str, path: FieldPath) -> str:
+    """SQL true where the struct field at `path` is NULL and every struct above it is not
+    (a NULL struct holds no field to be NULL)."""
+    steps = _steps(column, path)
     return " AND ".join([*(f"{s} IS NOT NULL" for s in steps[:-1]), f"{steps[-1]} IS NULL"])
 
 
@@ -116,6 +133,17 @@ def audit_sql(table: str, rules: Sequence[Rule]) -> str:
     return f"SELECT {', '.join([f'count(*) AS {ROWS}', *counts])} FROM {table}"  # noqa: S608
 
 
+def element_audit_sql(table: str, rules: Sequence[Rule]) -> list[tuple[str, str]]:
+    """(count name, query) for the rules on arrays' elements: the NULL elements, through
+    unnest (delta-rs's engine cannot compare a NULL with nested elements in place)."""
+    unnested = "SELECT count(*) AS n FROM (SELECT unnest({}) AS v FROM {}) WHERE v IS NULL"
+    return [
+        (f"r{i}", unnested.format(rule.elements, table))  # column paths we quote
+        for i, rule in enumerate(rules)
+        if rule.elements is not None
+    ]
+
+
 def violations(rules: Sequence[Rule], counts: Mapping[str, int | None]) -> list[tuple[Rule, int]]:
     """(rule, rows breaking it) for every rule some row breaks, from audit_sql's answer."""
     found = []
@@ -127,5 +155,7 @@ def violations(rules: Sequence[Rule], counts: Mapping[str, int | None]) -> list[
 
 
 def refusal(found: Sequence[tuple[Rule, int]]) -> str:
-    listed = "; ".join(f"{rule.label}: {count} rows" for rule, count in found)
+    listed = "; ".join(
+        f"{rule.label}: {count} {'values' if rule.elements else 'rows'}" for rule, count in found
+    )
     return f"staging has rows main would refuse ({listed}); fix or drop those rows in staging"

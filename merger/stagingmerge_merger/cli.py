@@ -28,17 +28,12 @@ allocator.tune()  # before pyarrow and deltalake (imported below) start their th
 
 import structlog
 
-from . import __version__, plan, redact, shards, storeoptions
+from . import __version__, contract, plan, redact, shards, storeoptions
+from .contract import EXIT_INVALID, EXIT_OK, EXIT_RETRY, MergeMetrics, Outcome
 from .engine import MergeRequest, Progress, run_merge
-from .errors import EXIT_INVALID, EXIT_OK, EXIT_RETRY, InvalidInputError, MergeError
+from .errors import InvalidInputError, MergeError
 from .logs import BarProgress, LogProgress, configure, resolve_format
-from .metrics import (
-    FAILED,
-    INVALID_INPUT,
-    RUNNING,
-    MergeMetrics,
-    default_metrics_path,
-)
+from .metrics import default_metrics_path
 from .storage import (
     allowed_prefixes,
     one_line,
@@ -82,20 +77,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--staging", required=True, metavar="URI", help="staging Delta table")
     p.add_argument(
         "--keys",
-        default=",".join(plan.DEFAULT_KEYS),
+        default=",".join(contract.DEFAULT_KEYS),
         metavar="COL[,COL...]",
         help="key columns (default: %(default)s)",
     )
     p.add_argument(
         "--batch-rows",
         type=int,
-        default=250_000,
+        default=contract.BATCH_ROWS,
         metavar="N",
         help="rows inserted per batch at most; one Delta commit each (default: %(default)s)",
     )
     p.add_argument(
         "--key-memory",
-        default="512M",
+        default=f"{contract.KEY_MEMORY >> 20}M",
         metavar="SIZE",
         help="memory for the keys of one span of staging's key space (e.g. 512M, 2G); a "
         "staging whose keys need more is merged span by span (default: %(default)s)",
@@ -103,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--key-sample-rows",
         type=int,
-        default=1_000_000,
+        default=contract.KEY_SAMPLE_ROWS,
         metavar="N",
         help="staging keys planning keeps exactly; a larger staging is sampled (default: "
         "%(default)s)",
@@ -266,12 +261,12 @@ def run_command(
     except MergeError as exc:
         code = exc.exit_code
         metrics.error = scrub(str(exc), options)
-        if metrics.outcome == RUNNING:
-            metrics.outcome = INVALID_INPUT if code == EXIT_INVALID else FAILED
+        if metrics.outcome == Outcome.RUNNING:
+            metrics.outcome = Outcome.INVALID_INPUT if code == EXIT_INVALID else Outcome.FAILED
         log.error(metrics.error, reason=exc.reason, exit_code=code)
     except Exception as exc:  # noqa: BLE001 - the last resort: reported, exit 1
         code = EXIT_RETRY
-        metrics.outcome = FAILED
+        metrics.outcome = Outcome.FAILED
         metrics.error = scrub(f"unexpected {type(exc).__name__}: {one_line(str(exc))}", options)
         # the traceback is a field of the one event, scrubbed like every other line
         log.error(

@@ -33,9 +33,9 @@ import structlog
 
 from . import failpoints
 from . import plan as key_plan
+from .contract import DEFAULT_KEYS, Outcome, fit_json
 from .delta import CommitConflictError, Table, TableNotFoundError
 from .errors import InvalidInputError, MergeInterruptedError
-from .metrics import fit_json
 from .storage import Location
 
 log = structlog.get_logger("stagingmerge.cluster")
@@ -47,7 +47,7 @@ DEFAULT_SPILL_BYTES = 1 << 30
 @dataclass(frozen=True)
 class ClusterRequest:
     main: Location
-    by: tuple[str, ...] = key_plan.DEFAULT_KEYS
+    by: tuple[str, ...] = DEFAULT_KEYS
     skip_newest: int = 1
     max_partitions: int | None = None
     dry_run: bool = False
@@ -60,7 +60,7 @@ class ClusterRequest:
 class ClusterMetrics:
     # clustered | conflicted (every due partition met a concurrent rewrite: the next run
     # retries them) | nothing_to_do | dry_run | interrupted | failed | invalid_input
-    outcome: str = "running"
+    outcome: str = Outcome.RUNNING
     main: str = ""
     by: list[str] = field(default_factory=list)
     partitions: int = 0
@@ -191,23 +191,23 @@ def run_cluster(
         if request.dry_run:
             for part in todo:
                 log.info("would cluster", partition=part.label(columns), files=part.files)
-            metrics.outcome = "dry_run"
+            metrics.outcome = Outcome.DRY_RUN
             return metrics
         for index, part in enumerate(todo):
             if should_stop():
                 metrics.partitions_left += len(todo) - index
-                metrics.outcome = "interrupted"
+                metrics.outcome = Outcome.INTERRUPTED
                 raise MergeInterruptedError(
                     f"stopped by a signal after {metrics.partitions_rewritten} partitions;"
                     " rerun to cluster the rest"
                 )
             _rewrite(table, request, columns, part, metrics, index, len(todo))
         metrics.outcome = (
-            "clustered"
+            Outcome.CLUSTERED
             if metrics.partitions_rewritten
-            else "conflicted"
+            else Outcome.CONFLICTED
             if metrics.partitions_conflicted
-            else "nothing_to_do"
+            else Outcome.NOTHING_TO_DO
         )
         return metrics
     finally:

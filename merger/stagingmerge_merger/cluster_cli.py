@@ -13,7 +13,7 @@ import argparse
 from collections.abc import Sequence
 from typing import NoReturn
 
-from . import plan
+from . import contract, plan
 from .cli import Parser, StopFlag, add_common_options, leave, run_command, storage_options_from
 from .cluster import DEFAULT_SPILL_BYTES, ClusterMetrics, ClusterRequest, run_cluster
 from .errors import InvalidInputError
@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--main", required=True, metavar="URI", help="main Delta table")
     p.add_argument(
         "--by",
-        default=",".join(plan.DEFAULT_KEYS),
+        default=",".join(contract.DEFAULT_KEYS),
         metavar="COL[,COL...]",
         help="the key to cluster by (default: %(default)s)",
     )

@@ -46,6 +46,15 @@ from . import (
     selection,
     shards,
 )
+from .contract import (
+    BATCH_ROWS,
+    DEFAULT_KEYS,
+    KEY_MEMORY,
+    KEY_SAMPLE_ROWS,
+    REPAIRS_DIR,
+    MergeMetrics,
+    Outcome,
+)
 from .delta import QUERY_TABLE, CommitConflictError, Table, TableNotFoundError, plain_schema
 from .errors import (
     InvalidInputError,
@@ -55,23 +64,12 @@ from .errors import (
     StagingNotDeletedError,
 )
 from .mainfiles import MainFiles, warn_threshold
-from .metrics import (
-    DRY_RUN,
-    DUPLICATES_LEFT,
-    INTERRUPTED,
-    MERGED,
-    NOTHING_TO_MERGE,
-    STAGING_CHANGED,
-    STAGING_NOT_DELETED,
-    BatchResult,
-    MergeMetrics,
-)
+from .metrics import BatchResult
 from .storage import Location, Prefix, check_deletable, links_reaching, redact_options
 
 log = structlog.get_logger("stagingmerge.merge")
 
 MAX_COMMIT_ATTEMPTS = 5
-DEFAULT_KEY_MEMORY = 512 << 20  # keys of one span; ~2 M CT keys: sized for a 2 GiB pod
 # A span holds its staging keys several times over (all, distinct, new, main's present)
 # and the hash tables of the joins: bytes per key = KEY_OVERHEAD x the Arrow bytes.
 KEY_OVERHEAD = 4
@@ -85,16 +83,16 @@ SPREAD_WARN = 1.5
 class MergeRequest:
     main: Location
     staging: Location
-    keys: tuple[str, ...] = plan.DEFAULT_KEYS
-    batch_rows: int = 250_000
+    keys: tuple[str, ...] = DEFAULT_KEYS
+    batch_rows: int = BATCH_ROWS
     keep_staging: bool = False
     dry_run: bool = False
     storage_options: dict[str, str] = field(default_factory=dict)
     partition_by: tuple[str, ...] = ()
     allowed_prefixes: tuple[Location, ...] = ()
     first_by: tuple[str, ...] = ()  # which copy of a repeated key wins (then: fingerprint)
-    key_memory: int = DEFAULT_KEY_MEMORY  # bytes of keys one span may hold (sizes spans)
-    key_sample_rows: int = 1_000_000  # planning keeps every key of a staging this small
+    key_memory: int = KEY_MEMORY  # bytes of keys one span may hold (sizes spans)
+    key_sample_rows: int = KEY_SAMPLE_ROWS  # planning keeps every key of a staging this small
     shard: shards.Shard | None = None  # merge only this shard's span (shards.py)
 
 
@@ -207,7 +205,7 @@ class _Merge:
         prefix = self.prefix
         staging = self._open_staging(prefix)
         if staging is None:
-            self.metrics.outcome = NOTHING_TO_MERGE
+            self.metrics.outcome = Outcome.NOTHING_TO_MERGE
             return
         planned = self._prepare(staging)
         if not req.dry_run:
@@ -219,10 +217,10 @@ class _Merge:
                 else "nothing to merge in this shard's span of the key space",
                 staging=str(req.staging),
             )
-            self.metrics.outcome = NOTHING_TO_MERGE
+            self.metrics.outcome = Outcome.NOTHING_TO_MERGE
         else:
             self._merge_all(staging, planned)
-            self.metrics.outcome = DRY_RUN if req.dry_run else MERGED
+            self.metrics.outcome = Outcome.DRY_RUN if req.dry_run else Outcome.MERGED
         if self.deletes:
             self._finish(staging, prefix)
 
@@ -319,6 +317,8 @@ class _Merge:
             staging_columns=self.staging_columns,
         )
         counts = staging.query(checks.audit_sql(QUERY_TABLE, rules)).to_pylist()[0]
+        for name, sql in checks.element_audit_sql(QUERY_TABLE, rules):
+            counts[name] = staging.query(sql).to_pylist()[0]["n"]
         found = checks.violations(rules, counts)
         if found:
             raise InvalidInputError(checks.refusal(found))
@@ -481,7 +481,7 @@ class _Merge:
 
     def _stop_if_asked(self) -> None:
         if self.should_stop():
-            self.metrics.outcome = INTERRUPTED
+            self.metrics.outcome = Outcome.INTERRUPTED
             raise MergeInterruptedError(
                 f"stopped by a signal after {self.metrics.batches} batches;"
                 " staging is kept, rerun to merge the rest"
@@ -951,14 +951,14 @@ class _Merge:
         return len(tuples)
 
     def _duplicates_left(self, owed: repairs.Owed, cause: MergeError) -> MergeError:
-        self.metrics.outcome = DUPLICATES_LEFT
+        self.metrics.outcome = Outcome.DUPLICATES_LEFT
         shown = ", ".join(repr(k) for k in keysets.key_tuples(owed.keys.slice(0, 3), self.req.keys))
         more = f" and {owed.keys.num_rows - 3} more" if owed.keys.num_rows > 3 else ""
         return repairs.DuplicatesLeftError(
             f"another writer added {owed.keys.num_rows} of the keys our commit {owed.version}"
             f" inserted into main {self.req.main} at the same time, and the rewrite that keeps"
             f" one copy of each failed ({cause}): main holds these keys twice ({shown}{more});"
-            f" staging is kept with the record of them ({repairs.REPAIRS_DIR}/): once main"
+            f" staging is kept with the record of them ({REPAIRS_DIR}/): once main"
             " accepts the rewrite (for an append-only main: lift delta.appendOnly, or remove"
             " one copy of each key yourself), rerun"
         )
@@ -982,7 +982,7 @@ class _Merge:
         read = staging.version
         latest = staging.latest_version()
         if latest != read:
-            self.metrics.outcome = STAGING_CHANGED
+            self.metrics.outcome = Outcome.STAGING_CHANGED
             raise StagingChangedError(
                 f"staging {self.req.staging} changed during the merge (version {read} -> "
                 f"{latest}); it is kept, rerun to merge the new rows"
@@ -1028,7 +1028,7 @@ class _Merge:
                 )
             deleted = prefix.delete_all()
         except MergeError as exc:
-            self.metrics.outcome = STAGING_NOT_DELETED
+            self.metrics.outcome = Outcome.STAGING_NOT_DELETED
             raise StagingNotDeletedError(
                 f"main {self.req.main} holds every row of staging, but staging could not be"
                 f" deleted ({exc}); fix the cause and rerun: it inserts nothing twice and"

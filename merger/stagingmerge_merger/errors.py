@@ -6,23 +6,21 @@ Exit codes: 0 success or nothing to do; 1 a runtime failure worth retrying;
 
 from __future__ import annotations
 
-EXIT_OK = 0
-EXIT_RETRY = 1
-EXIT_INVALID = 2
+from .contract import EXIT_INVALID, EXIT_RETRY, Reason
 
 
 class MergeError(Exception):
     """A failure of the merge; `str()` is one actionable line."""
 
     exit_code = EXIT_RETRY
-    reason = "MergeFailed"
+    reason: str = Reason.MERGE_FAILED
 
 
 class InvalidInputError(MergeError):
     """The request can never succeed as given (bad URI, schema, keys, NULL keys...)."""
 
     exit_code = EXIT_INVALID
-    reason = "InvalidInput"
+    reason = Reason.INVALID_INPUT
 
 
 class StagingChangedError(MergeError):
@@ -47,4 +45,4 @@ class StagingNotDeletedError(MergeError):
     """Main holds every staging row, but deleting staging failed: a rerun (which inserts
     nothing twice) finishes the deletion once the cause is fixed."""
 
-    reason = "StagingNotDeleted"
+    reason = Reason.STAGING_NOT_DELETED

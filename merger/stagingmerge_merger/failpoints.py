@@ -19,8 +19,9 @@ import signal
 import time
 from pathlib import Path
 
-ENV = "STAGINGMERGE_FAILPOINT"
-PAUSE_ENV = "STAGINGMERGE_PAUSE"
+from .contract import FAILPOINT_ENV as ENV
+from .contract import PAUSE_ENV
+
 _hits: dict[str, int] = {}
 
 

@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import keyvalues
+from .contract import KEY_SAMPLE_ROWS
 from .plan import quote_ident, sql_literal
 
 KeyTuple = tuple[Any, ...]
@@ -43,7 +44,7 @@ class KeySample:
     other sampled row) so memory stays under `cap` rows whatever staging's size.
     """
 
-    def __init__(self, cap: int = 1_000_000) -> None:
+    def __init__(self, cap: int = KEY_SAMPLE_ROWS) -> None:
         self.cap = cap
         self.stride = 1
         self.seen = 0
@@ -181,8 +182,3 @@ def _compare(
         return f"{col} {op}{'=' if inclusive else ''} {literal}"
     inner = _compare(rest, types, bound[1:], op, inclusive)
     return f"{col} {op} {literal} OR ({col} = {literal} AND ({inner}))"
-
-
-def in_span(key: KeyTuple, span: Span) -> bool:
-    """Whether a key tuple lies inside the span (the predicate, in Python)."""
-    return (span.low is None or key >= span.low) and (span.high is None or key < span.high)

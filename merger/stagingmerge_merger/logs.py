@@ -10,7 +10,8 @@ from typing import Any, TextIO
 import structlog
 
 from . import redact
-from .metrics import BatchResult, MergeMetrics
+from .contract import MergeMetrics
+from .metrics import BatchResult
 
 log = structlog.get_logger("stagingmerge.merge")
 

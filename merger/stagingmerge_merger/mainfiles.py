@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import deltalog, keyvalues
+from .contract import UNCLUSTERED_WARN_BYTES_ENV
 from .delta import Table
 from .errors import MergeError
 from .storage import Prefix
@@ -35,12 +36,12 @@ Box = tuple[tuple[Any, ...], tuple[Any, ...]]  # (lows, highs) per key column
 FOOTER_SAMPLE = 32
 TAIL_BYTES = 64 * 1024
 # warn when a run read the keys of more than half of main's files, and at least this much
-# (STAGINGMERGE_UNCLUSTERED_WARN_BYTES overrides it)
+# (UNCLUSTERED_WARN_BYTES_ENV overrides it)
 UNCLUSTERED_WARN_BYTES = 256 * 1024 * 1024
 
 
 def warn_threshold() -> int:
-    raw = os.environ.get("STAGINGMERGE_UNCLUSTERED_WARN_BYTES", "")
+    raw = os.environ.get(UNCLUSTERED_WARN_BYTES_ENV, "")
     return int(raw) if raw.strip().isdigit() else UNCLUSTERED_WARN_BYTES
 
 

@@ -15,7 +15,6 @@ from typing import Any
 
 from .errors import InvalidInputError
 
-DEFAULT_KEYS = ("source_url", "cert_index")
 DEFAULT_PARTITION_COLUMN = "seen_date"
 
 # Delta primitive types a key column may have: each renders as an exact SQL literal.
@@ -185,50 +184,64 @@ def check_first_by(
 
 # Nested nullability. A nested field, array element or map value that staging declares
 # NOT NULL fits a main that allows NULL there (Spark's CTAS makes every nested field
-# nullable; its DataFrame writes keep them NOT NULL). The other way round, a struct field
-# main declares NOT NULL fits when staging holds no NULL there (the audit counts them:
-# `checks.rules_for`); an array element or map value main declares NOT NULL does not.
+# nullable; its DataFrame writes keep them NOT NULL). The other way round, a struct field,
+# an array's elements or a map's values that main declares NOT NULL fit when staging
+# holds no NULL there (the audit counts them: `checks.rules_for`), as long as only
+# structs lead there; deeper (inside an array's elements or a map's values) they do not.
 _NESTED_NULLABILITY = frozenset({"nullable", "containsNull", "valueContainsNull"})
 
 FieldPath = tuple[str, ...]  # a column's nested struct field: ("issuer", "cn")
+FIELD, ELEMENTS, VALUES = "field", "elements", "values"
 
 
-def nested_not_null(main_type: str, staging_type: str) -> list[FieldPath] | None:
+@dataclass(frozen=True)
+class NotNullBelow:
+    """Where below a column main forbids a NULL that staging allows: the struct field at
+    `path` (FIELD), or the elements of the array (ELEMENTS) or the values of the map
+    (VALUES) at `path` (() for the column itself)."""
+
+    path: FieldPath
+    kind: str
+
+
+def nested_not_null(main_type: str, staging_type: str) -> list[NotNullBelow] | None:
     """None when staging's values of this Delta type (canonical JSON) cannot be written as
-    main's; else the paths below the column (struct fields only) that main declares NOT
-    NULL and staging allows NULL in, for the audit to prove NULL-free."""
-    paths: list[FieldPath] = []
+    main's; else the places below the column that main declares NOT NULL and staging
+    allows NULL in, for the audit to prove NULL-free."""
+    found: list[NotNullBelow] = []
 
     def walk(m: Any, s: Any, path: FieldPath, through_structs: bool) -> bool:
-        if isinstance(m, dict) and isinstance(s, dict):
-            if m.keys() != s.keys() or m.get("type") != s.get("type"):
+        if not (isinstance(m, dict) and isinstance(s, dict)):
+            return bool(m == s)
+        if m.keys() != s.keys() or m.get("type") != s.get("type"):
+            return False
+        if m.get("type") == "struct":
+            if len(m["fields"]) != len(s["fields"]):
                 return False
-            if m.get("type") == "struct":
-                if len(m["fields"]) != len(s["fields"]):
+            for mf, sf in zip(m["fields"], s["fields"], strict=True):
+                if mf["name"] != sf["name"]:
                     return False
-                for mf, sf in zip(m["fields"], s["fields"], strict=True):
-                    if mf["name"] != sf["name"]:
+                here = (*path, mf["name"])
+                if not mf["nullable"] and sf["nullable"]:
+                    if not through_structs:
                         return False
-                    here = (*path, mf["name"])
-                    if not mf["nullable"] and sf["nullable"]:
-                        if not through_structs:
-                            return False
-                        paths.append(here)
-                    if not walk(mf["type"], sf["type"], here, through_structs):
-                        return False
-                return True
-            for k in m:
-                if k in _NESTED_NULLABILITY:
-                    if not m[k] and s[k]:
-                        return False
-                elif k != "type" and not walk(m[k], s[k], path, False):
+                    found.append(NotNullBelow(here, FIELD))
+                if not walk(mf["type"], sf["type"], here, through_structs):
                     return False
             return True
-        return bool(m == s)
+        for k in m:
+            if k in _NESTED_NULLABILITY:
+                if not m[k] and s[k]:
+                    if not through_structs:
+                        return False
+                    found.append(NotNullBelow(path, ELEMENTS if k == "containsNull" else VALUES))
+            elif k != "type" and not walk(m[k], s[k], path, False):
+                return False
+        return True
 
     if main_type == staging_type:
         return []
-    return paths if walk(json.loads(main_type), json.loads(staging_type), (), True) else None
+    return found if walk(json.loads(main_type), json.loads(staging_type), (), True) else None
 
 
 def check_compatible(
@@ -378,30 +391,6 @@ def check_readable_partitions(
 def decimal_partitions(columns: Mapping[str, Column], partition_by: Sequence[str]) -> list[str]:
     """Decimal partition columns of a main delta-rs will write to."""
     return [c for c in partition_by if c in columns and columns[c].type_name.startswith("decimal")]
-
-
-# --- batches ------------------------------------------------------------------------
-
-
-def plan_batches(unit_rows: Sequence[int], batch_rows: int) -> list[range]:
-    """Group consecutive read units (files or row groups) into batches of ~batch_rows.
-
-    Units keep their order (the order decides which copy of a key wins); a unit
-    larger than `batch_rows` forms a batch of its own. Empty units are dropped.
-    """
-    batches: list[range] = []
-    start, total = 0, 0
-    for index, rows in enumerate(unit_rows):
-        if rows == 0 and total == 0:
-            start = index + 1
-            continue
-        if total and total + rows > batch_rows:
-            batches.append(range(start, index))
-            start, total = index, 0
-        total += rows
-    if total:
-        batches.append(range(start, len(unit_rows)))
-    return batches
 
 
 # --- SQL predicates -----------------------------------------------------------------

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 import pyarrow as pa
 import structlog
 
+from .contract import REPAIRS_DIR, Reason
 from .errors import MergeError
 from .storage import Prefix
 
-REPAIRS_DIR = "_stagingmerge/repairs"
 log = structlog.get_logger("stagingmerge.merge")
 
 
@@ -30,7 +30,7 @@ class DuplicatesLeftError(MergeError):
     """Main holds keys twice that a rewrite could not repair; staging is kept (with the
     record of them) so no rerun reports success before they are repaired."""
 
-    reason = "DuplicatesLeft"
+    reason = Reason.DUPLICATES_LEFT
 
 
 @dataclass(frozen=True)

@@ -38,13 +38,11 @@ from typing import Any
 import pyarrow as pa
 
 from . import keyvalues
+from .contract import MAX_SHARDS, SHARDS_DIR
+from .contract import SHARD_INDEX_ENV as INDEX_ENV
 from .errors import InvalidInputError
 from .keyspace import KeyTuple, Span
 from .storage import Prefix
-
-SHARDS_DIR = "_stagingmerge/shards"
-INDEX_ENV = "JOB_COMPLETION_INDEX"  # set by Kubernetes in each pod of an Indexed Job
-MAX_SHARDS = 1000
 
 
 @dataclass(frozen=True)

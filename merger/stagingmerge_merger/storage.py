@@ -23,6 +23,7 @@ from urllib.parse import quote, unquote, urlsplit
 import structlog
 
 from . import failpoints
+from .contract import ALLOWED_PREFIXES_ENV, COMPLETION_MARKER, STORAGE_OPTIONS_ENV
 from .errors import InvalidInputError, StorageError
 from .redact import is_secret_name, redact_options, scrub, strip_userinfo
 from .storeoptions import parse_duration, split_store_options
@@ -44,11 +45,7 @@ _SCHEMES = {
 }
 SUPPORTED_SCHEMES = "a local path, file://, s3://, s3a://, gs://, az://, abfs:// or abfss://"
 
-# Written into the staging prefix once a merge is complete and before anything is
-# deleted, so that a run killed half-way through the deletion can finish it.
-COMPLETION_MARKER = "_stagingmerge_merged.json"
 DELTA_LOG = "_delta_log"
-ALLOWED_PREFIXES_ENV = "STAGINGMERGE_ALLOWED_PREFIXES"
 
 
 @dataclass(frozen=True)
@@ -196,9 +193,6 @@ def parse_storage_options(pairs: Iterable[str]) -> dict[str, str]:
             )
         options[key.strip()] = value
     return options
-
-
-STORAGE_OPTIONS_ENV = "STAGINGMERGE_STORAGE_OPTIONS"
 
 
 def options_from_environment(environ: Mapping[str, str] = os.environ) -> dict[str, str]:

@@ -8,10 +8,12 @@ always set. Three types: `Succeeded` (what `kubectl wait` and Argo CD read),
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from stagingmerge_merger import contract
+from stagingmerge_merger.contract import MergeMetrics, Reason
 
 from .shards import parse_indexes
 
@@ -28,13 +30,11 @@ R_QUEUED = "Queued"
 R_SUSPENDED = "Suspended"
 R_PENDING = "Pending"
 R_MERGING = "Merging"
-R_MERGED = "Merged"
-R_NOTHING = "NothingToMerge"
+# (those a run's outcome decides are the contract's: contract.Reason)
+R_MERGED = Reason.MERGED
+R_NOTHING = Reason.NOTHING_TO_MERGE
 R_INVALID_SPEC = "InvalidSpec"
-R_INVALID_INPUT = "InvalidInput"
-R_MERGE_FAILED = "MergeFailed"
-R_STAGING_NOT_DELETED = "StagingNotDeleted"  # main is complete; deleting staging failed
-R_DUPLICATES_LEFT = "DuplicatesLeft"  # a concurrent writer's keys twice, not repairable yet
+R_MERGE_FAILED = Reason.MERGE_FAILED
 R_DEADLINE = "DeadlineExceeded"
 R_JOB_REFUSED = "JobRefused"  # the API server refused the merge Job (4xx)
 R_TTL_DELETE_REFUSED = "TTLDeleteRefused"  # (an Event) the API server refused the TTL's delete
@@ -114,16 +114,7 @@ def _rfc3339(stamp: str | None) -> str | None:
 
 def parse_metrics(message: str | None) -> dict[str, Any] | None:
     """The merge's metrics JSON from a termination message (None if absent or garbled)."""
-    if not message:
-        return None
-    for line in reversed(message.strip().splitlines()):
-        try:
-            value = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(value, dict):
-            return value
-    return None
+    return contract.parse_report(message)
 
 
 @dataclass(frozen=True)
@@ -135,30 +126,30 @@ class Outcome:
     message: str
 
 
+# a failed run's outcomes that have a condition reason of their own (contract.REASON), and
+# the message when the run left none
+_FAILED_AS = {
+    contract.Outcome.INVALID_INPUT: "the merge refused its input",
+    contract.Outcome.DUPLICATES_LEFT: "main holds keys twice that were not repaired",
+    contract.Outcome.STAGING_NOT_DELETED: "main is complete, but staging could not be deleted",
+}
+
+
 def outcome_of(job: JobState, metrics: Mapping[str, Any] | None) -> Outcome:
-    if job.finished and job.succeeded and (metrics or {}).get("outcome") == "staging_changed":
+    outcome = (metrics or {}).get("outcome")
+    if job.finished and job.succeeded and outcome == contract.Outcome.STAGING_CHANGED:
         # shards that each succeeded, on different versions of staging: not a whole merge
         return Outcome(FAILED, R_MERGE_FAILED, str((metrics or {}).get("error")))
     if job.finished and job.succeeded:
         m = metrics or {}
-        if m.get("outcome") == "nothing_to_merge":
+        if outcome == contract.Outcome.NOTHING_TO_MERGE:
             return Outcome(SUCCEEDED, R_NOTHING, "nothing to merge: staging is missing or empty")
         return Outcome(SUCCEEDED, R_MERGED, summary(m) if m else "merge finished")
     if job.finished:
         error = (metrics or {}).get("error")
-        if (metrics or {}).get("outcome") == "invalid_input":
-            return Outcome(FAILED, R_INVALID_INPUT, error or "the merge refused its input")
-        if (metrics or {}).get("outcome") == "duplicates_left":
-            return Outcome(
-                FAILED, R_DUPLICATES_LEFT, error or "main holds keys twice that were not repaired"
-            )
-        if (metrics or {}).get("outcome") == "staging_not_deleted":
-            return Outcome(
-                FAILED,
-                R_STAGING_NOT_DELETED,
-                error or "main is complete, but staging could not be deleted",
-            )
-        if job.failure_reason == "DeadlineExceeded":
+        if outcome in _FAILED_AS:  # outcomes with a reason of their own
+            return Outcome(FAILED, contract.REASON[outcome], error or _FAILED_AS[outcome])
+        if job.failure_reason == R_DEADLINE:  # the Job controller says it with the same word
             return Outcome(
                 FAILED, R_DEADLINE, job.failure_message or "activeDeadlineSeconds passed"
             )
@@ -209,11 +200,11 @@ def outcome_of(job: JobState, metrics: Mapping[str, Any] | None) -> Outcome:
 
 
 def summary(metrics: Mapping[str, Any]) -> str:
-    batches = metrics.get("batches", 0)
+    m = MergeMetrics.from_report(dict(metrics))
     return (
-        f"inserted {metrics.get('inserted', 0)} rows, skipped {metrics.get('skipped_existing', 0)}"
-        f" already in main and {metrics.get('skipped_duplicates', 0)} duplicates in staging"
-        f" ({batches} batch{'' if batches == 1 else 'es'}, {metrics.get('duration_seconds', 0)} s)"
+        f"inserted {m.inserted} rows, skipped {m.skipped_existing}"
+        f" already in main and {m.skipped_duplicates} duplicates in staging"
+        f" ({m.batches} batch{'' if m.batches == 1 else 'es'}, {m.duration_seconds} s)"
     )
 
 
@@ -222,7 +213,8 @@ def progress(outcome: Outcome, job: JobState | None, metrics: Mapping[str, Any] 
     if job is not None and job.indexed:
         return f"{len(job.completed_indexes)}/{job.completions} shards"
     if metrics and outcome.phase in TERMINAL_PHASES:
-        return f"{metrics.get('batches', 0)}/{metrics.get('batches_planned', 0)} batches"
+        m = MergeMetrics.from_report(dict(metrics))
+        return f"{m.batches}/{m.batches_planned} batches"
     if job is not None and job.active:
         return f"attempt {job.attempts}"
     return outcome.phase.lower()

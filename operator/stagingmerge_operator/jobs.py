@@ -8,7 +8,12 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from stagingmerge_merger.storage import STORAGE_OPTIONS_ENV
+from stagingmerge_merger.contract import (
+    ALLOWED_PREFIXES_ENV,
+    EXIT_INVALID,
+    STORAGE_OPTIONS_ENV,
+    TERMINATION_LOG,
+)
 
 from . import API_VERSION, KIND
 from .config import OperatorConfig
@@ -16,7 +21,6 @@ from .spec import MergeSpec
 
 CONTAINER = "merge"
 MERGE_UID = 10001  # the user of merger/Dockerfile
-EXIT_INVALID_INPUT = 2  # stagingmerge-merge: invalid input, never worth retrying
 
 LABEL_NAME = "app.kubernetes.io/name"
 LABEL_COMPONENT = "app.kubernetes.io/component"
@@ -130,7 +134,7 @@ def build_job(
     job_labels = dict(labels)
     if spec.queue_name:
         job_labels[LABEL_QUEUE] = spec.queue_name
-    env = [{"name": "STAGINGMERGE_ALLOWED_PREFIXES", "value": config.allowed_prefixes}]
+    env = [{"name": ALLOWED_PREFIXES_ENV, "value": config.allowed_prefixes}]
     if spec.storage_options:  # in the environment, not the arguments (`ps`, pod specs)
         env.append(
             {
@@ -145,7 +149,7 @@ def build_job(
         "command": ["stagingmerge-merge"],
         "args": merge_args(spec),
         "env": env,
-        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePath": str(TERMINATION_LOG),
         "terminationMessagePolicy": "File",
         "securityContext": {
             "allowPrivilegeEscalation": False,
@@ -197,7 +201,7 @@ def build_job(
                     "onExitCodes": {
                         "containerName": CONTAINER,
                         "operator": "In",
-                        "values": [EXIT_INVALID_INPUT],
+                        "values": [EXIT_INVALID],
                     },
                 },
                 {  # evictions, preemption, node drains: not the merge's fault

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+from stagingmerge_merger.contract import MergeMetrics
+
 MERGES_STARTED = Counter("stagingmerge_merges_started_total", "Merge Jobs created")
 MERGES_SUCCEEDED = Counter("stagingmerge_merges_succeeded_total", "Merges that succeeded")
 MERGES_FAILED = Counter("stagingmerge_merges_failed_total", "Merges that failed", ["reason"])
@@ -49,22 +51,25 @@ def record_terminal(succeeded: bool, reason: str, metrics: dict[str, object] | N
         MERGES_SUCCEEDED.inc()
     else:
         MERGES_FAILED.labels(reason=reason).inc()
-    m = metrics or {}
-    for key, counter in (("inserted", ROWS_INSERTED),):
-        value = m.get(key)
-        if isinstance(value, int) and value > 0:
-            counter.inc(value)
-    for why in ("skipped_existing", "skipped_duplicates"):
-        value = m.get(why)
-        if isinstance(value, int) and value > 0:
-            ROWS_SKIPPED.labels(why=why.removeprefix("skipped_")).inc(value)
-    duration = m.get("duration_seconds")
-    if isinstance(duration, int | float):
-        MERGE_DURATION.labels(outcome="succeeded" if succeeded else "failed").observe(duration)
-    for kind, key in (("staging", "staging_rows"), ("inserted", "inserted")):
-        value = m.get(key)
-        if isinstance(value, int) and succeeded:
-            MERGE_ROWS.labels(kind=kind).observe(value)
+    if not metrics:  # no report (the pod never wrote one): nothing more is known
+        return
+    m = MergeMetrics.from_report(metrics)
+    if _count(m.inserted):
+        ROWS_INSERTED.inc(m.inserted)
+    for why, value in (("existing", m.skipped_existing), ("duplicates", m.skipped_duplicates)):
+        if _count(value):
+            ROWS_SKIPPED.labels(why=why).inc(value)
+    if isinstance(m.duration_seconds, int | float):
+        outcome = "succeeded" if succeeded else "failed"
+        MERGE_DURATION.labels(outcome=outcome).observe(m.duration_seconds)
+    for kind, rows in (("staging", m.staging_rows), ("inserted", m.inserted)):
+        if isinstance(rows, int) and succeeded:
+            MERGE_ROWS.labels(kind=kind).observe(rows)
+
+
+def _count(value: object) -> bool:
+    """A count the report holds (not garbled, more than zero)."""
+    return isinstance(value, int) and value > 0
 
 
 def set_fleet(counts: Mapping[str, tuple[int, int]]) -> None:

@@ -12,32 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-# metrics a merge's shards add up (stagingmerge_merger.metrics.MergeMetrics)
-SUMMED = (
-    "staging_rows",
-    "inserted",
-    "skipped_existing",
-    "skipped_duplicates",
-    "batches",
-    "batches_planned",
-    "staging_objects_deleted",
-    "concurrent_commits",
-    "duplicates_repaired",
-    "commit_retries",
-    "main_key_scans",
-    "main_files_scanned",
-    "main_key_bytes_read",
-    "main_files_caught_up",
-)
-OUTCOME_ORDER = (
-    "duplicates_left",
-    "invalid_input",
-    "failed",
-    "staging_changed",
-    "staging_not_deleted",
-    "interrupted",
-    "running",
-)  # first wins
+from stagingmerge_merger import contract
+from stagingmerge_merger.contract import Outcome, combined_fields
 
 
 def parse_indexes(text: str | None) -> frozenset[int]:
@@ -61,21 +37,33 @@ class ShardPod:
 
 
 def sum_metrics(per_shard: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
-    """The merge's metrics from its shards' (None when no shard reported yet)."""
+    """The merge's metrics from its shards' (None when no shard reported yet): each field
+    combined as contract.MergeMetrics says (summed, the first, the smallest...); the
+    fields of one shard only (which shard it was) are left out."""
     if not per_shard:
         return None
-    total: dict[str, Any] = {k: sum(int(m.get(k) or 0) for m in per_shard) for k in SUMMED}
-    befores = [
-        m["main_version_before"] for m in per_shard if m.get("main_version_before") is not None
-    ]
-    afters = [m["main_version_after"] for m in per_shard if m.get("main_version_after") is not None]
-    outcomes = [str(m.get("outcome")) for m in per_shard]
-    errors = [str(m["error"]) for m in per_shard if m.get("error")]
-    versions = sorted(
-        {int(m["staging_version"]) for m in per_shard if m.get("staging_version") is not None}
-    )
+    reported = [contract.MergeMetrics.from_report(dict(m)) for m in per_shard]
+
+    def present(name: str) -> list[Any]:
+        return [v for m in reported if (v := getattr(m, name)) is not None]
+
+    total: dict[str, Any] = {}
+    for name in combined_fields(contract.SUM):
+        total[name] = sum(int(v or 0) for v in present(name))
+    for name in combined_fields(contract.MIN):
+        total[name] = min(present(name), default=None)
+    for name in combined_fields(contract.MAX):
+        values = present(name)
+        total[name] = max(values) if values else getattr(contract.MergeMetrics(), name)
+    for name in combined_fields(contract.ANY):
+        total[name] = any(present(name))
+    for name in combined_fields(contract.FIRST):
+        total[name] = getattr(reported[0], name)
+    outcomes = [str(m.outcome) for m in reported]
+    errors = [str(m.error) for m in reported if m.error]
+    versions = sorted({int(v) for v in present("staging_version")})
     if len(versions) > 1:  # a writer added to staging while the shards ran
-        outcomes.append("staging_changed")
+        outcomes.append(Outcome.STAGING_CHANGED)
         errors.insert(
             0,
             f"staging changed during the merge (its shards read versions"
@@ -83,30 +71,15 @@ def sum_metrics(per_shard: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None
             " and merge the rest",
         )
     total.update(
-        outcome=_outcome(outcomes),
-        main_version_before=min(befores) if befores else None,
-        main_version_after=max(afters) if afters else None,
-        main_created=any(m.get("main_created") for m in per_shard),
-        main_files=max(int(m.get("main_files") or 0) for m in per_shard),
-        staging_version=per_shard[0].get("staging_version"),
-        staging_deleted=any(m.get("staging_deleted") for m in per_shard),
-        duration_seconds=max(float(m.get("duration_seconds") or 0) for m in per_shard),
-        dry_run=any(m.get("dry_run") for m in per_shard),
-        shards_reported=len(per_shard),
+        outcome=_worst(outcomes),
         error=errors[0] if errors else None,
+        shards_reported=len(per_shard),
     )
     return total
 
 
-def _outcome(outcomes: Sequence[str]) -> str:
-    for bad in OUTCOME_ORDER:
-        if bad in outcomes:
-            return bad
-    if "merged" in outcomes:
-        return "merged"
-    if "dry_run" in outcomes:
-        return "dry_run"
-    return "nothing_to_merge"
+def _worst(outcomes: Sequence[str]) -> str:
+    return next((o for o in contract.WORST_FIRST if o in outcomes), Outcome.NOTHING_TO_MERGE)
 
 
 def shard_statuses(
@@ -128,13 +101,13 @@ def shard_statuses(
         else:
             state = "Pending"
         entry: dict[str, Any] = {"index": index, "state": state}
-        m = metrics.get(index)
-        if m:
+        if metrics.get(index):
+            m = contract.MergeMetrics.from_report(dict(metrics[index]))
             entry.update(
-                inserted=int(m.get("inserted") or 0),
-                stagingRows=int(m.get("staging_rows") or 0),
-                batches=int(m.get("batches") or 0),
-                stagingDeleted=bool(m.get("staging_deleted")),
+                inserted=int(m.inserted or 0),
+                stagingRows=int(m.staging_rows or 0),
+                batches=int(m.batches or 0),
+                stagingDeleted=bool(m.staging_deleted),
             )
         result.append(entry)
     return result

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from stagingmerge_merger import plan
+from stagingmerge_merger import contract, plan
 from stagingmerge_merger.errors import InvalidInputError
 from stagingmerge_merger.storage import is_secret_name, parse_location
 
@@ -19,9 +19,7 @@ from . import admission
 
 RUN_ONCE = "Once"
 RUN_ON_SPEC_CHANGE = "OnSpecChange"
-DEFAULT_BATCH_ROWS = 250_000
 DEFAULT_BACKOFF_LIMIT = 3
-MAX_PARALLELISM = 1000  # stagingmerge-merge --shard i/N takes N up to this
 
 
 class InvalidSpecError(ValueError):
@@ -32,8 +30,8 @@ class InvalidSpecError(ValueError):
 class MergeSpec:
     main_uri: str
     staging_uri: str
-    keys: tuple[str, ...] = plan.DEFAULT_KEYS
-    batch_rows: int = DEFAULT_BATCH_ROWS
+    keys: tuple[str, ...] = contract.DEFAULT_KEYS
+    batch_rows: int = contract.BATCH_ROWS
     delete_staging: bool = True
     dry_run: bool = False
     storage_secret: str | None = None
@@ -60,7 +58,7 @@ def parse_spec(spec: Mapping[str, Any]) -> MergeSpec:
     staging_uri = _uri(spec, "staging")
     try:
         main, staging = parse_location(main_uri), parse_location(staging_uri)
-        keys = plan.parse_keys(",".join(spec.get("keys") or plan.DEFAULT_KEYS))
+        keys = plan.parse_keys(",".join(spec.get("keys") or contract.DEFAULT_KEYS))
     except InvalidInputError as exc:
         raise InvalidSpecError(str(exc)) from None
     if main.overlaps(staging):
@@ -88,7 +86,7 @@ def parse_spec(spec: Mapping[str, Any]) -> MergeSpec:
         main_uri=main_uri,
         staging_uri=staging_uri,
         keys=keys,
-        batch_rows=_integer_or(spec, "batchRows", 1, DEFAULT_BATCH_ROWS),
+        batch_rows=_integer_or(spec, "batchRows", 1, contract.BATCH_ROWS),
         delete_staging=bool(spec.get("deleteStaging", True)),
         dry_run=bool(spec.get("dryRun", False)),
         storage_secret=secret.get("name") or None,
@@ -108,9 +106,9 @@ def parse_spec(spec: Mapping[str, Any]) -> MergeSpec:
         queue_name=spec.get("queueName") or None,
         run_policy=run_policy,
     )
-    if result.parallelism > MAX_PARALLELISM:
+    if result.parallelism > contract.MAX_SHARDS:
         raise InvalidSpecError(
-            f"spec.parallelism must be at most {MAX_PARALLELISM}, got {result.parallelism}"
+            f"spec.parallelism must be at most {contract.MAX_SHARDS}, got {result.parallelism}"
         )
     try:
         _admit(result)

@@ -11,6 +11,8 @@ import jsonschema
 import pytest
 import yaml
 
+from stagingmerge_merger import contract
+
 ROOT = Path(__file__).resolve().parents[2]
 CRD_PATH = ROOT / "crds" / "stagingmerge.io_stagingmerges.yaml"
 CRD = yaml.safe_load(CRD_PATH.read_text())
@@ -85,3 +87,18 @@ def test_bad_resources_are_refused(document):
     schema_ok = jsonschema.Draft7Validator(SCHEMA).is_valid(body)
     # what the schema alone cannot refuse is a CEL rule's (the real server applies those)
     assert schema_ok == document["expect"].startswith("CEL")
+
+
+def test_the_crd_defaults_are_the_contract_s():
+    """The CRD's defaults and limits are the merge's own (stagingmerge_merger.contract), so
+    a StagingMerge that leaves them out runs exactly as the CLI does."""
+    spec = SCHEMA["properties"]["spec"]["properties"]
+    assert tuple(spec["keys"]["default"]) == contract.DEFAULT_KEYS
+    assert spec["batchRows"]["default"] == contract.BATCH_ROWS
+    assert spec["parallelism"]["maximum"] == contract.MAX_SHARDS
+
+
+def test_the_chart_s_clustering_job_speaks_the_contract():
+    template = (ROOT / "charts" / "stagingmerge" / "templates" / "cluster-cronjob.yaml").read_text()
+    assert f'default "{",".join(contract.DEFAULT_KEYS)}"' in template
+    assert f"name: {contract.STORAGE_OPTIONS_ENV}" in template

@@ -19,6 +19,7 @@ import kubernetes
 from kubernetes.client.exceptions import ApiException
 
 from tests.e2e.controlplane.plane import ROOT, ControlPlane, free_port
+from tests.helpers import ct, write
 
 T = TypeVar("T")
 GROUP, VERSION, PLURAL = "stagingmerge.io", "v1alpha1", "stagingmerges"
@@ -359,3 +360,16 @@ class Release:
             lambda: text if all(line in (text := self.scrape()) for line in lines) else None,
             what=f"the operator's metrics to show {lines}",
         )
+
+
+def slow_tables(tmp_path, files: int = 40):
+    """A staging table that takes a few seconds to merge (one small batch per file)."""
+    main, staging = tmp_path / "main", tmp_path / "staging"
+    write(main, ct([0] * 4, range(4), seed=1))
+    for part in range(files):
+        write(staging, ct([0, 1] * 10, [part * 10 + i // 2 for i in range(20)], seed=part))
+    return main, staging
+
+
+def spec_for(main, staging, **extra):
+    return {"main": {"uri": str(main)}, "staging": {"uri": str(staging)}, **extra}

@@ -10,8 +10,7 @@ from collections.abc import Callable
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from tests.e2e.harness import GROUP, PLURAL, VERSION, Kubectl, Release, wait_for
-from tests.e2e.test_operator import spec_for
+from tests.e2e.harness import GROUP, PLURAL, VERSION, Kubectl, Release, spec_for, wait_for
 from tests.helpers import ct, key_list, write
 
 pytestmark = pytest.mark.e2e

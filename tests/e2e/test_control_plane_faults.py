@@ -14,8 +14,7 @@ import pyarrow as pa
 import pytest
 
 from tests.e2e.controlplane.plane import ControlPlane
-from tests.e2e.harness import Kubectl, Pods, Release, wait_for
-from tests.e2e.test_operator import slow_tables, spec_for
+from tests.e2e.harness import Kubectl, Pods, Release, slow_tables, spec_for, wait_for
 from tests.helpers import expected_union, rows
 
 pytestmark = pytest.mark.e2e

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import wait_for
-from tests.e2e.test_operator import spec_for
+from tests.e2e.harness import spec_for, wait_for
 from tests.helpers import ct, key_list, rows, write
 
 pytestmark = pytest.mark.e2e

@@ -13,8 +13,7 @@ from collections.abc import Callable
 import kubernetes
 import pytest
 
-from tests.e2e.harness import Kubectl, Release, wait_for
-from tests.e2e.test_operator import spec_for
+from tests.e2e.harness import Kubectl, Release, spec_for, wait_for
 from tests.helpers import ct, write
 
 pytestmark = pytest.mark.e2e

@@ -12,9 +12,8 @@ import yaml
 
 from tests.e2e.conftest import cluster_release
 from tests.e2e.controlplane.plane import ControlPlane
-from tests.e2e.harness import Cli, Kubectl, Release, wait_for
+from tests.e2e.harness import Cli, Kubectl, Release, spec_for, wait_for
 from tests.e2e.rbac import granted, service_account_user, unused, uses
-from tests.e2e.test_operator import spec_for
 from tests.helpers import ct, key_list, write
 
 pytestmark = pytest.mark.e2e

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.harness import wait_for
+from stagingmerge_merger.contract import Outcome
+from tests.e2e.harness import slow_tables, spec_for, wait_for
 from tests.helpers import ct, key_list, write
 
 pytestmark = pytest.mark.e2e
@@ -42,19 +43,6 @@ def test_success_puts_conditions_and_metrics_on_the_resource(kubectl, operator, 
     assert operator.ready()
 
 
-def slow_tables(tmp_path, files: int = 40):
-    """A staging table that takes a few seconds to merge (one small batch per file)."""
-    main, staging = tmp_path / "main", tmp_path / "staging"
-    write(main, ct([0] * 4, range(4), seed=1))
-    for part in range(files):
-        write(staging, ct([0, 1] * 10, [part * 10 + i // 2 for i in range(20)], seed=part))
-    return main, staging
-
-
-def spec_for(main, staging, **extra):
-    return {"main": {"uri": str(main)}, "staging": {"uri": str(staging)}, **extra}
-
-
 def test_bad_input_fails_at_once_with_the_reason(kubectl, operator, runner, tmp_path):
     main, staging = tmp_path / "main", tmp_path / "staging"
     write(main, ct([0], [0]))
@@ -67,7 +55,10 @@ def test_bad_input_fails_at_once_with_the_reason(kubectl, operator, runner, tmp_
     assert "main has columns staging lacks: chain" in condition["message"]
     assert len(runner.attempts_of("bad-g1")) == 1  # exit code 2 is never retried
     status = kubectl.get("bad")["status"]
-    assert status["terminalState"] == "Failed" and status["metrics"]["outcome"] == "invalid_input"
+    assert (
+        status["terminalState"] == "Failed"
+        and status["metrics"]["outcome"] == Outcome.INVALID_INPUT
+    )
     assert {c["type"]: c["status"] for c in status["conditions"]} == {
         "Succeeded": "False",
         "Ready": "False",

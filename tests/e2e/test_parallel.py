@@ -10,8 +10,7 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
-from tests.e2e.harness import wait_for
-from tests.e2e.test_operator import spec_for
+from tests.e2e.harness import spec_for, wait_for
 from tests.helpers import ct, expected_union, rows, write
 
 pytestmark = pytest.mark.e2e

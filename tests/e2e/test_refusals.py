@@ -9,8 +9,7 @@ import threading
 
 import pytest
 
-from tests.e2e.harness import wait_for
-from tests.e2e.test_operator import spec_for
+from tests.e2e.harness import spec_for, wait_for
 from tests.helpers import ct, key_list, write
 
 pytestmark = pytest.mark.e2e

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Callable
@@ -12,20 +11,10 @@ import pyarrow as pa
 import pytest
 from deltalake import write_deltalake
 
-from tests.helpers import ct, run_cli, write
+from stagingmerge_merger.contract import Outcome
+from tests.helpers import ct, run_cli, tree_hash, write
 
 Setup = Callable[[Path, Path, Path], list[str]]
-
-
-def tree_hash(*paths: Path) -> str:
-    digest = hashlib.sha256()
-    for root in paths:
-        files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
-        for path in files:
-            if path.exists():
-                digest.update(str(path).encode())
-                digest.update(path.read_bytes())
-    return digest.hexdigest()
 
 
 def ct_pair(main: Path, staging: Path) -> None:
@@ -235,7 +224,7 @@ def test_bad_input_is_refused_and_changes_nothing(tmp_path, case):
     error = result.error_lines[0]
     assert "\n" not in error
     assert re.search(message, error), error
-    assert result.metrics["outcome"] == "invalid_input"
+    assert result.metrics["outcome"] == Outcome.INVALID_INPUT
     assert tree_hash(tmp_path) == before
 
 

@@ -9,6 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from stagingmerge_merger.contract import Outcome
 from tests.helpers import CLI, ct, key_list, rows, run_cli, run_cli_after_first_batch, write
 
 METRIC_KEYS = {
@@ -53,7 +54,7 @@ def test_success_writes_metrics_and_one_log_line_per_batch(tables, tmp_path):
         written["skipped_existing"],
         written["batches"],
         written["staging_deleted"],
-    ) == ("merged", 4, 2, 2, True)  # 4 rows to insert, 2 per commit
+    ) == (Outcome.MERGED, 4, 2, 2, True)  # 4 rows to insert, 2 per commit
     events = [json.loads(line) for line in result.stderr.splitlines()]
     assert [e["batch"] for e in events if e["event"] == "batch done"] == [1, 2]
     assert all({"level", "timestamp", "event"} <= e.keys() for e in events)
@@ -77,7 +78,7 @@ def test_text_logs_are_key_value_lines(tables):
 def test_nothing_to_merge_exits_zero(tables):
     main, staging = tables
     result = run_cli("--main", str(main), "--staging", str(staging))
-    assert (result.code, result.metrics["outcome"]) == (0, "nothing_to_merge")
+    assert (result.code, result.metrics["outcome"]) == (0, Outcome.NOTHING_TO_MERGE)
 
 
 def test_invalid_input_exits_two_with_one_line_and_metrics(tables, tmp_path):
@@ -95,7 +96,7 @@ def test_invalid_input_exits_two_with_one_line_and_metrics(tables, tmp_path):
     )
     assert result.code == 2
     assert result.error_lines == ["--batch-rows must be a positive number of rows, got 0"]
-    assert json.loads(metrics_file.read_text())["outcome"] == "invalid_input"
+    assert json.loads(metrics_file.read_text())["outcome"] == Outcome.INVALID_INPUT
 
 
 def test_usage_errors_are_invalid_input(tables):
@@ -132,7 +133,7 @@ def test_sigterm_stops_after_a_committed_batch_and_a_rerun_finishes(tmp_path):
     metrics = result.metrics
 
     assert result.code == 1, result.stderr
-    assert metrics["outcome"] == "interrupted" and 1 <= metrics["batches"] < 40
+    assert metrics["outcome"] == Outcome.INTERRUPTED and 1 <= metrics["batches"] < 40
     assert staging.exists()
     keys = key_list(main)
     assert len(keys) == len(set(keys)) == 10 + metrics["inserted"]

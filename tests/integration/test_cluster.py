@@ -19,6 +19,7 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
 
+from stagingmerge_merger.contract import Outcome
 from tests.e2e.harness import wait_for
 from tests.helpers import CLUSTER_CLI, ct, rows, run_cli
 
@@ -76,7 +77,11 @@ def test_every_day_but_the_newest_is_rewritten_once_and_keeps_every_row(tmp_path
     first = cluster(main)
     assert first.code == 0, first.stderr
     m = first.metrics
-    assert (m["outcome"], m["partitions"], m["partitions_skipped_newest"]) == ("clustered", 4, 1)
+    assert (m["outcome"], m["partitions"], m["partitions_skipped_newest"]) == (
+        Outcome.CLUSTERED,
+        4,
+        1,
+    )
     assert m["partitions_rewritten"] == DAYS - 1 and m["rows_rewritten"] == 3 * 3 * 400
     assert m["main_version_after"] == version + DAYS - 1  # one commit per partition
     assert rows(main).equals(before)
@@ -84,7 +89,7 @@ def test_every_day_but_the_newest_is_rewritten_once_and_keeps_every_row(tmp_path
     assert list(layout.values()) == [1, 1, 1, FILES_PER_DAY]  # the newest day untouched
 
     again = cluster(main)
-    assert (again.code, again.metrics["outcome"]) == (0, "nothing_to_do")
+    assert (again.code, again.metrics["outcome"]) == (0, Outcome.NOTHING_TO_DO)
     assert again.metrics["partitions_already_clustered"] == DAYS - 1
     assert DeltaTable(main).version() == m["main_version_after"]
 
@@ -120,7 +125,7 @@ def test_bad_input_is_exit_2_and_changes_nothing(tmp_path, args, message):
     live_main(main, rows_per_file=16)
     version = DeltaTable(main).version()
     result = cluster(main, *args)
-    assert (result.code, result.metrics["outcome"]) == (2, "invalid_input")
+    assert (result.code, result.metrics["outcome"]) == (2, Outcome.INVALID_INPUT)
     assert message in result.metrics["error"]
     assert DeltaTable(main).version() == version
 
@@ -165,7 +170,7 @@ def test_killed_mid_rewrite_loses_nothing(tmp_path):
     assert rows(main).equals(before)
     rerun = cluster(main)
     assert rerun.code == 0 and rows(main).equals(before)
-    assert cluster(main).metrics["outcome"] == "nothing_to_do"
+    assert cluster(main).metrics["outcome"] == Outcome.NOTHING_TO_DO
 
 
 def test_an_appender_committing_meanwhile_keeps_its_rows(tmp_path):
@@ -225,7 +230,7 @@ def test_on_s3(s3_server, bucket):
     assert result.code == 0, result.stderr
     assert result.metrics["partitions_rewritten"] == DAYS - 1
     assert rows(uri, options=s3_server.options).equals(before)
-    assert cluster(uri, env=env).metrics["outcome"] == "nothing_to_do"
+    assert cluster(uri, env=env).metrics["outcome"] == Outcome.NOTHING_TO_DO
 
 
 # --- what the merge reports about main's layout ---------------------------------------
@@ -304,7 +309,7 @@ def test_a_partition_whose_rewrite_conflicts_is_left_for_the_next_run(tmp_path, 
     request = ClusterRequest(main=parse_location(main))
     first = run_cluster(request, ClusterMetrics())
     assert (first.outcome, first.partitions_conflicted, first.partitions_rewritten) == (
-        "clustered",
+        Outcome.CLUSTERED,
         1,
         DAYS - 2,
     )
@@ -315,4 +320,4 @@ def test_a_partition_whose_rewrite_conflicts_is_left_for_the_next_run(tmp_path, 
         Table, "z_order", lambda *a, **k: (_ for _ in ()).throw(CommitConflictError("injected"))
     )
     write_deltalake(main, day_file(0, 100_000, 16, seed=3), mode="append")
-    assert run_cluster(request, ClusterMetrics()).outcome == "conflicted"
+    assert run_cluster(request, ClusterMetrics()).outcome == Outcome.CONFLICTED

@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 import pytest
 from deltalake import DeltaTable
 
+from stagingmerge_merger.contract import Outcome
 from tests.helpers import CLI, ct, read, run_cli, run_cli_after_first_batch, write
 
 ARGS = ("--batch-rows", "10")
@@ -157,7 +158,7 @@ def test_staging_written_during_the_merge_is_kept_and_rerun_merges_the_rest(tmp_
         then=lambda _: write(staging, ct([5] * 3, [1, 2, 3], seed=7)),  # a backfill still writing
     )
     metrics = result.metrics
-    assert result.code == 1 and metrics["outcome"] == "staging_changed"
+    assert result.code == 1 and metrics["outcome"] == Outcome.STAGING_CHANGED
     assert "changed during the merge" in metrics["error"]
     assert (staging / "_delta_log").exists()
 

@@ -22,9 +22,9 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, Field, Schema, write_deltalake
 
+from stagingmerge_merger.contract import MergeMetrics
 from stagingmerge_merger.engine import MergeRequest, run_merge
 from stagingmerge_merger.errors import InvalidInputError
-from stagingmerge_merger.metrics import MergeMetrics
 from stagingmerge_merger.storage import parse_location
 from tests import delta_fixtures
 from tests.helpers import read, run_cli, winners

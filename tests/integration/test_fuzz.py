@@ -24,8 +24,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.helpers import KEYS, CliResult, ct, expected_union, rows, run_cli, write
-from tests.integration.test_bad_input import tree_hash
+from stagingmerge_merger.contract import Outcome
+from tests.helpers import KEYS, CliResult, ct, expected_union, rows, run_cli, tree_hash, write
 
 LOG = "_delta_log"
 FUZZ = settings(
@@ -67,11 +67,11 @@ def check_promises(
     assert "unexpected error" not in result.error_lines, result.stderr[-3000:]
     if result.code == 0:
         assert expected is not None, "exit 0 although the input cannot be read"
-        if result.metrics["outcome"] == "dry_run":
+        if result.metrics["outcome"] == Outcome.DRY_RUN:
             assert tree_hash(main, staging) == before
             return
         assert rows(main).equals(expected), "exit 0 with main not exact"
-        assert not staging.exists() or result.metrics["outcome"] == "nothing_to_merge"
+        assert not staging.exists() or result.metrics["outcome"] == Outcome.NOTHING_TO_MERGE
         return
     assert staging.exists(), "staging deleted by a run that failed"
     if result.code == 2 or result.metrics.get("batches", 0) == 0:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from stagingmerge_merger.contract import Outcome
 from tests.gcs import FakeGCS
 from tests.helpers import ct, run_cli, run_cli_after_first_batch
 from tests.stores import Store
@@ -36,7 +37,7 @@ def test_store_outage_mid_merge_exits_1_keeps_staging_and_a_rerun_completes(own_
     result = run_cli_after_first_batch(*args, then=lambda _: own_gcs.stop_shim(), env=own_gcs.env)
 
     assert result.code == 1, result.stderr
-    assert result.metrics["outcome"] == "failed" and result.metrics["batches"] < 12
+    assert result.metrics["outcome"] == Outcome.FAILED and result.metrics["batches"] < 12
     own_gcs.start_shim()  # same port, same data
     assert store.objects("staging") == staging_objects
     keys = store.keys("main")

@@ -20,8 +20,18 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
-from tests.helpers import CLI, CliResult, ct, expected_union, key_list, rows, run_cli, write
-from tests.integration.test_bad_input import tree_hash
+from stagingmerge_merger.contract import Outcome
+from tests.helpers import (
+    CLI,
+    CliResult,
+    ct,
+    expected_union,
+    key_list,
+    rows,
+    run_cli,
+    tree_hash,
+    write,
+)
 
 LOG = "_delta_log"
 
@@ -58,7 +68,7 @@ def test_links_inside_staging_are_deleted_as_links_and_what_they_reach_is_kept(t
     result = run_cli("--main", str(main), "--staging", str(staging), confined_to=tmp_path)
 
     assert result.code == 0, result.stderr
-    assert result.metrics["outcome"] == "merged" and not staging.exists()
+    assert result.metrics["outcome"] == Outcome.MERGED and not staging.exists()
     assert tree_hash(sibling) == outside
     assert rows(main).equals(expected)
 
@@ -75,7 +85,7 @@ def test_a_staging_linking_into_main_is_refused_before_any_write(tmp_path, targe
     result = run_cli("--main", str(main), "--staging", str(staging), confined_to=tmp_path)
 
     assert result.code == 2, result.stderr
-    assert result.metrics["outcome"] == "invalid_input"
+    assert result.metrics["outcome"] == Outcome.INVALID_INPUT
     assert "holds a symbolic link into main" in result.error_lines[0]
     assert tree_hash(main, staging) == before
 
@@ -199,7 +209,7 @@ def test_a_log_no_writer_could_leave_is_invalid_input_and_changes_nothing(tmp_pa
     result = run_cli("--main", str(main), "--staging", str(staging))
 
     assert result.code == 2, result.stderr
-    assert result.metrics["outcome"] == "invalid_input"
+    assert result.metrics["outcome"] == Outcome.INVALID_INPUT
     assert len(result.error_lines) == 1
     assert message in result.error_lines[0]
     assert str(main if role == "main" else staging) in result.error_lines[0]  # names it
@@ -221,7 +231,7 @@ def test_data_that_does_not_decode_as_declared_is_invalid_input(tmp_path, column
     result = run_cli("--main", str(main), "--staging", str(staging))
 
     assert result.code == 2, result.stderr
-    assert result.metrics["outcome"] == "invalid_input"
+    assert result.metrics["outcome"] == Outcome.INVALID_INPUT
     assert len(result.error_lines) == 1 and message in result.error_lines[0]
     assert tree_hash(tmp_path) == before and main.exists() == main_exists
 
@@ -274,12 +284,12 @@ def test_staging_that_cannot_be_deleted_is_its_own_outcome_and_a_rerun_finishes(
         first = run_cli("--main", str(main), "--staging", str(staging))
         merged = rows(main)
         assert first.code == 1, first.stderr
-        assert first.metrics["outcome"] == "staging_not_deleted"
+        assert first.metrics["outcome"] == Outcome.STAGING_NOT_DELETED
         assert first.metrics["staging_deleted"] is False
         assert "staging could not be deleted" in first.error_lines[0]
         assert merged.equals(expected)
         again = run_cli("--main", str(main), "--staging", str(staging))
-        assert again.code == 1 and again.metrics["outcome"] == "staging_not_deleted"
+        assert again.code == 1 and again.metrics["outcome"] == Outcome.STAGING_NOT_DELETED
     version = DeltaTable(str(main)).version()
 
     rerun = run_cli("--main", str(main), "--staging", str(staging))
@@ -298,13 +308,13 @@ def test_a_staging_half_deleted_inside_its_log_is_not_taken_for_a_new_table(tmp_
     expected = expected_union(rows(main), rows(staging))
     with undeletable(commit(staging, 2)):
         first = run_cli("--main", str(main), "--staging", str(staging))
-    assert first.code == 1 and first.metrics["outcome"] == "staging_not_deleted"
+    assert first.code == 1 and first.metrics["outcome"] == Outcome.STAGING_NOT_DELETED
     assert not commit(staging, 0).exists() and commit(staging, 2).exists()
 
     rerun = run_cli("--main", str(main), "--staging", str(staging))
 
     assert rerun.code == 0, rerun.stderr
-    assert rerun.metrics["outcome"] == "nothing_to_merge" and not staging.exists()
+    assert rerun.metrics["outcome"] == Outcome.NOTHING_TO_MERGE and not staging.exists()
     assert rows(main).equals(expected)
 
 
@@ -363,11 +373,11 @@ def test_an_append_only_main_that_refuses_the_repair_fails_and_keeps_staging(tmp
     first = finished(proc)
 
     assert first.code == 1, first.stderr
-    assert first.metrics["outcome"] == "duplicates_left"
+    assert first.metrics["outcome"] == Outcome.DUPLICATES_LEFT
     assert "holds these keys twice" in first.error_lines[0]
     assert staging.exists() and len(key_list(main)) == 4 + 3 + 12
     again = run_cli(*args)
-    assert again.code == 1 and again.metrics["outcome"] == "duplicates_left"
+    assert again.code == 1 and again.metrics["outcome"] == Outcome.DUPLICATES_LEFT
     assert staging.exists()
 
     DeltaTable(str(main)).alter.set_table_properties({"delta.appendOnly": "false"})
@@ -388,11 +398,11 @@ def test_nothing_to_insert_still_fails_while_a_recorded_repair_is_owed(tmp_path)
     proc = paused_run(args, "batch-before-commit", tmp_path / "pause")
     write(main, ct([0] * 4, range(2, 6), seed=3))  # every key of ours, theirs first
     Path(f"{tmp_path / 'pause'}.go").touch()
-    assert finished(proc).metrics["outcome"] == "duplicates_left"
+    assert finished(proc).metrics["outcome"] == Outcome.DUPLICATES_LEFT
 
     again = run_cli(*args)
 
-    assert again.code == 1 and again.metrics["outcome"] == "duplicates_left"
+    assert again.code == 1 and again.metrics["outcome"] == Outcome.DUPLICATES_LEFT
     assert staging.exists() and len(key_list(main)) == 2 + 4 + 4
 
 
@@ -420,7 +430,7 @@ def test_a_huge_error_still_fits_the_termination_message(tmp_path):
     raw = metrics_file.read_bytes()
     assert len(raw) <= 4096
     reported = json.loads(raw)
-    assert reported["outcome"] == "invalid_input"
+    assert reported["outcome"] == Outcome.INVALID_INPUT
     assert reported["error"].startswith("schema mismatch: staging has columns main lacks")
     assert reported["error"].endswith(" [...]")
 

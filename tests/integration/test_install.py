@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from stagingmerge_merger.contract import Outcome
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -62,8 +64,8 @@ def test_the_plain_install_merges(venv, tmp_path):
     )
     assert clustered.returncode == 0, clustered.stderr[-3000:]
     assert json.loads(clustered.stdout.strip().splitlines()[-1])["outcome"] in (
-        "clustered",
-        "nothing_to_do",
+        Outcome.CLUSTERED,
+        Outcome.NOTHING_TO_DO,
     )
 
 

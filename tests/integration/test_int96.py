@@ -17,8 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from deltalake import convert_to_deltalake
 
-from tests.helpers import rows, run_cli, write
-from tests.integration.test_bad_input import tree_hash
+from tests.helpers import rows, run_cli, tree_hash, write
 
 
 def spark_like(path: Path, instants: list[dt.datetime], start: int = 0) -> Path:

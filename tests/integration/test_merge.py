@@ -10,13 +10,13 @@ import pytest
 from deltalake import DeltaTable, write_deltalake
 
 from stagingmerge_merger import delta
+from stagingmerge_merger.contract import MergeMetrics, Outcome
 from stagingmerge_merger.engine import MergeRequest, run_merge
 from stagingmerge_merger.errors import (
     InvalidInputError,
     MergeInterruptedError,
     StagingChangedError,
 )
-from stagingmerge_merger.metrics import MergeMetrics
 from stagingmerge_merger.storage import parse_location
 from tests.helpers import ct, expected_union, key_list, read, rows, version, winners, write
 
@@ -50,7 +50,7 @@ class TestInsertAndSkip:
             m.inserted,
             m.skipped_existing,
             m.skipped_duplicates,
-        ) == ("merged", 13, 8, 5, 0)
+        ) == (Outcome.MERGED, 13, 8, 5, 0)
         assert rows(main).equals(expected_union(main_rows, staging_rows))
         assert (m.main_version_before, m.main_version_after) == (0, 1)
         assert m.staging_deleted and not staging.exists()
@@ -222,6 +222,44 @@ class TestBadInput:
             assert merge(main, staging, keys=("id",)).inserted == 2
             assert rows(main).sort_by("id")["s"].to_pylist() == [{"cn": "a"}, {"cn": "x"}]
 
+    @pytest.mark.parametrize("null_inside", [False, True])
+    @pytest.mark.parametrize("kind", ["array", "map", "array in a struct"])
+    def test_elements_main_declares_not_null(self, tables, kind, null_inside):
+        """The same for an array's elements and a map's values (a CT row's `all_domains`
+        as pyarrow or Spark's CTAS writes it: items nullable), at any struct depth: merged
+        when staging holds no NULL there, else refused, counting the NULL values."""
+        main, staging = tables
+
+        def column(items_nullable: bool) -> tuple[pa.DataType, list]:
+            item = pa.field("item", pa.string(), items_nullable)
+            values = [["a", "b"], ["c", None if null_inside else "d"], None, []]
+            if kind == "array":
+                return pa.list_(item), values
+            if kind == "map":
+                typed = pa.map_(pa.string(), pa.field("value", pa.string(), items_nullable))
+                return typed, [None if v is None else list(enumerate(v)) for v in values]
+            boxed = pa.struct([pa.field("names", pa.list_(item))])
+            return boxed, [None if v is None else {"names": v} for v in values]
+
+        strict, _ = column(False)
+        DeltaTable.create(
+            str(main), pa.schema([pa.field("id", pa.int64(), False), pa.field("c", strict)])
+        )
+        loose, values = column(True)
+        if kind == "map":
+            values = [None if v is None else [(str(k), x) for k, x in v] for v in values]
+        write(staging, pa.table({"id": [1, 2, 3, 4], "c": pa.array(values, loose)}))
+        if null_inside:
+            noun = "value" if kind == "map" else "element"
+            with pytest.raises(
+                InvalidInputError, match=rf"NULL {noun} in c(\.names)?, .*: 1 values"
+            ):
+                merge(main, staging, keys=("id",))
+            assert version(main) == 0
+        else:
+            assert merge(main, staging, keys=("id",)).inserted == 4
+            assert rows(main).sort_by("id")["c"].to_pylist() == pa.array(values, loose).to_pylist()
+
     def test_schema_mismatch_changes_nothing(self, tables):
         main, staging = tables
         write(main, pa.table({"id": [1], "v": ["a"]}))
@@ -285,7 +323,7 @@ class TestBatchesAndReruns:
         metrics = MergeMetrics()
         with pytest.raises(MergeInterruptedError, match="after 2 batches"):
             merge_with(main, staging, metrics, batch_rows=3, should_stop=lambda: next(stops))
-        assert metrics.outcome == "interrupted" and metrics.batches == 2 and staging.exists()
+        assert metrics.outcome == Outcome.INTERRUPTED and metrics.batches == 2 and staging.exists()
         merge(main, staging, batch_rows=3)
 
         assert rows(main).equals(rows(reference_main))
@@ -387,14 +425,14 @@ class TestLifecycle:
     def test_missing_staging_is_nothing_to_merge(self, tables):
         main, staging = tables
         m = merge(main, staging)
-        assert m.outcome == "nothing_to_merge" and not main.exists()
+        assert m.outcome == Outcome.NOTHING_TO_MERGE and not main.exists()
 
     def test_empty_staging_table_is_nothing_to_merge_and_is_cleaned_up(self, tables):
         main, staging = tables
         write(main, pa.table({"id": [1]}))
         DeltaTable.create(str(staging), pa.schema([("id", pa.int64())]))
         m = merge(main, staging, keys=("id",))
-        assert m.outcome == "nothing_to_merge" and not staging.exists() and version(main) == 0
+        assert m.outcome == Outcome.NOTHING_TO_MERGE and not staging.exists() and version(main) == 0
 
     def test_missing_main_is_created_partitioned_by_seen_date(self, tables):
         main, staging = tables
@@ -413,7 +451,7 @@ class TestLifecycle:
         write(staging, ct([0, 0, 0], [0, 1, 1], seed=2))
         dry = merge(main, staging, dry_run=True)
         assert (dry.outcome, dry.inserted, dry.skipped_existing, dry.skipped_duplicates) == (
-            "dry_run",
+            Outcome.DRY_RUN,
             1,
             1,
             1,
@@ -448,7 +486,7 @@ class TestLifecycle:
         metrics = MergeMetrics()
         with pytest.raises(StagingChangedError, match="version 1 -> 2"):
             merge_with(main, staging, metrics, batch_rows=2, progress=WriteToStaging())
-        assert metrics.outcome == "staging_changed" and staging.exists()
+        assert metrics.outcome == Outcome.STAGING_CHANGED and staging.exists()
         m = merge(main, staging)
         assert m.inserted == 1 and len(key_list(main)) == 5 and not staging.exists()
 
@@ -460,7 +498,7 @@ class TestLifecycle:
             log.unlink()
         (staging / "_delta_log").rmdir()
         m = merge(main, staging)
-        assert m.outcome == "nothing_to_merge" and m.staging_deleted and not staging.exists()
+        assert m.outcome == Outcome.NOTHING_TO_MERGE and m.staging_deleted and not staging.exists()
 
     def test_a_directory_that_is_not_a_table(self, tables):
         main, staging = tables

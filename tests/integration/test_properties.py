@@ -15,8 +15,8 @@ from deltalake import DeltaTable, write_deltalake
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from stagingmerge_merger.contract import MergeMetrics, Outcome
 from stagingmerge_merger.engine import MergeRequest, run_merge
-from stagingmerge_merger.metrics import MergeMetrics
 from stagingmerge_merger.storage import parse_location
 from tests.helpers import read
 
@@ -77,7 +77,7 @@ def test_main_becomes_the_union(main_keys, files, batch_rows, staging_layout, ma
                 expected.setdefault(k, f"file{number}")
         staged = sum(len(f) for f in files)
         if staged == 0:
-            assert metrics.outcome == "nothing_to_merge"
+            assert metrics.outcome == Outcome.NOTHING_TO_MERGE
             return
         got = read(DeltaTable(str(main))).to_pylist()
         assert len(got) == len(expected)

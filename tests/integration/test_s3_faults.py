@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from stagingmerge_merger.contract import Outcome
 from tests.helpers import ct, run_cli, run_cli_after_first_batch
 from tests.s3 import ACCESS_KEY, SECRET_KEY, MotoS3
 from tests.stores import Store
@@ -41,7 +42,7 @@ def test_store_outage_mid_merge_exits_1_keeps_staging_and_a_rerun_completes(buck
         )
         metrics = result.metrics
         assert result.code == 1, result.stderr
-        assert metrics["outcome"] == "failed"
+        assert metrics["outcome"] == Outcome.FAILED
         assert (
             "Connection refused" in metrics["error"] or "error sending request" in metrics["error"]
         )

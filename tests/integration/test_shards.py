@@ -12,7 +12,7 @@ import subprocess
 import pyarrow as pa
 import pytest
 
-from stagingmerge_merger.shards import SHARDS_DIR
+from stagingmerge_merger.contract import SHARDS_DIR, Outcome
 from tests.helpers import CLI, CliResult, ct, expected_union, run_cli
 
 pytestmark = pytest.mark.parametrize(
@@ -119,7 +119,7 @@ def test_a_shard_killed_mid_run_is_rerun_and_the_last_shard_deletes_staging(stor
     assert not store.exists("staging")
     # a rerun of any shard now: nothing to merge, main untouched
     late = shard_run(store, "0/2")
-    assert late.code == 0 and late.metrics["outcome"] == "nothing_to_merge"
+    assert late.code == 0 and late.metrics["outcome"] == Outcome.NOTHING_TO_MERGE
     assert store.rows("main").equals(expected_union(main_rows, staging_rows))
 
 
@@ -137,7 +137,7 @@ def test_a_dry_run_of_shards_writes_nothing_anywhere(store):
     main_rows, staging_rows = staged(store, parts=2)
     before = store.objects("staging")
     results = [shard_run(store, f"{i}/2", "--dry-run") for i in range(2)]
-    assert all(r.code == 0 and r.metrics["outcome"] == "dry_run" for r in results)
+    assert all(r.code == 0 and r.metrics["outcome"] == Outcome.DRY_RUN for r in results)
     union = expected_union(main_rows, staging_rows)
     assert summed(results, "inserted") == union.num_rows - main_rows.num_rows
     assert store.objects("staging") == before
@@ -150,7 +150,7 @@ def test_shards_of_an_empty_staging_delete_it_once(store):
     store.write("main", ct([0], [0], seed=1))
     store.write("staging", ct([0], [0], seed=1).slice(0, 0))
     results = at_once(store, 2)
-    assert all(r.code == 0 and r.metrics["outcome"] == "nothing_to_merge" for r in results)
+    assert all(r.code == 0 and r.metrics["outcome"] == Outcome.NOTHING_TO_MERGE for r in results)
     assert [r.metrics["staging_deleted"] for r in results].count(True) == 1
     assert not store.exists("staging")
 

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
+from stagingmerge_merger.contract import Outcome
 from tests.helpers import ct, expected_union, run_cli
 from tests.s3 import SECRET_KEY
 
@@ -55,8 +56,8 @@ def test_missing_and_empty_staging_are_nothing_to_merge(store):
         store.uri("staging"), pa.schema([("id", pa.int64())]), storage_options=store.options or None
     )
     empty = merge(store, "--keys", "id")
-    assert (missing.code, missing.metrics["outcome"]) == (0, "nothing_to_merge")
-    assert (empty.code, empty.metrics["outcome"]) == (0, "nothing_to_merge")
+    assert (missing.code, missing.metrics["outcome"]) == (0, Outcome.NOTHING_TO_MERGE)
+    assert (empty.code, empty.metrics["outcome"]) == (0, Outcome.NOTHING_TO_MERGE)
     assert not store.exists("staging") and store.table("main").version() == 0
 
 

@@ -241,6 +241,18 @@ def variant_checkpointed(spark: SparkSession, path: Path, lo: int, hi: int) -> N
     checkpoint(spark, path)
 
 
+def variant_nested(spark: SparkSession, path: Path, lo: int, hi: int) -> None:
+    """Variants inside a map, an array and a struct, checkpointed: the issue's failure named
+    `map<string, struct<metadata: binary, value: binary>>`, a map of variants as Arrow
+    sees it. Spark 4.0.1 (and 4.1.1 with Delta 4.2.0, tried once) writes tables of this
+    shape that delta-rs reads exactly; a table it could not decode is refused with exit 2
+    (tests/integration/test_hostile_input.py, tests/unit/test_delta_errors.py)."""
+    v = "parse_json(concat('{\"n\":', CAST(id AS STRING), '}'))"
+    extra = f"map('a', {v}) AS docs, array({v}) AS doc_list, named_struct('v', {v}) AS doc_box"
+    create(spark, path, lo, hi, extra=extra)
+    checkpoint(spark, path)
+
+
 BUILDERS: dict[str, Callable[[SparkSession, Path, int, int], None]] = {
     b.__name__: b
     for b in (
@@ -248,7 +260,7 @@ BUILDERS: dict[str, Callable[[SparkSession, Path, int, int], None]] = {
         v2_checkpoints, row_tracking, type_widening, timestamp_ntz, timestamp_micros,
         int96_edges, legacy_calendar, identity_column, generated_column, check_constraint,
         change_data_feed, in_commit_timestamps, escaped_partitions, variant,
-        variant_checkpointed,
+        variant_checkpointed, variant_nested,
     )
 }  # fmt: skip
 

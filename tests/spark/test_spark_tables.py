@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import run_cli
-from tests.integration.test_bad_input import tree_hash
+from stagingmerge_merger.contract import Outcome
+from tests.helpers import run_cli, tree_hash
 from tests.spark import tables
 from tests.spark.tables import BUILDERS, Reading, at, conf, read
 
@@ -74,9 +74,9 @@ def test_a_spark_table_merges_to_what_spark_reads_or_is_refused(spark, tmp_path,
     outcomes = {}
     for way, (main, staging, extra) in ways.items():
         outcomes[way] = merge_and_judge(spark, name, way, main, staging, extra)
-    assert outcomes == {way: "refused" if (name, way) in REFUSED else "merged" for way in ways}, (
-        f"{name}: {outcomes}"
-    )
+    assert outcomes == {
+        way: "refused" if (name, way) in REFUSED else Outcome.MERGED for way in ways
+    }, f"{name}: {outcomes}"
 
 
 def merge_and_judge(
@@ -99,7 +99,7 @@ def merge_and_judge(
     assert result.metrics["inserted"] == len(want) - (0 if before is None else len(before.rows))
     assert staging.exists() == ("--keep-staging" in extra)
     spark_maintains(spark, main, after)
-    return "merged"
+    return Outcome.MERGED
 
 
 def assert_same(after: Reading, rows: dict, schema: tuple, what: str) -> None:

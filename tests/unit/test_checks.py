@@ -64,3 +64,27 @@ def test_struct_fields_main_requires_are_checked_only_where_staging_allows_null(
     ]
     same = checks.rules_for(["k"], main, {}, never_null={"k"}, staging_columns=main)
     assert same == []
+
+
+def test_elements_and_values_main_requires_are_counted_by_queries_of_their_own():
+    def column(nullable: bool) -> str:
+        array = {"type": "array", "elementType": "string", "containsNull": nullable}
+        mapping = {"type": "map", "keyType": "string", "valueType": "long",
+                   "valueContainsNull": nullable}  # fmt: skip
+        fields = [{"name": "it's", "type": array, "nullable": True},
+                  {"name": "m", "type": mapping, "nullable": True}]  # fmt: skip
+        return json.dumps({"type": "struct", "fields": fields}, sort_keys=True)
+
+    main = {"k": Column("k", '"long"', False), "s": Column("s", column(False), True)}
+    staging = {"k": Column("k", '"long"', False), "s": Column("s", column(True), True)}
+    rules = checks.rules_for(["k"], main, {}, never_null={"k"}, staging_columns=staging)
+    assert [(r.label, r.elements) for r in rules] == [
+        ("NULL element in s.it's, whose elements are NOT NULL", """"s"['it''s']"""),
+        ("NULL value in s.m, whose values are NOT NULL", """map_values("s"['m'])"""),
+    ]
+    query = "SELECT count(*) AS n FROM (SELECT unnest({}) AS v FROM t) WHERE v IS NULL"
+    assert checks.element_audit_sql("t", rules) == [
+        ("r0", query.format(""""s"['it''s']""")),
+        ("r1", query.format("""map_values("s"['m'])""")),
+    ]
+    assert "s.m, whose values are NOT NULL: 2 values" in checks.refusal([(rules[1], 2)])

@@ -10,7 +10,8 @@ import pytest
 
 from stagingmerge_merger import filecuts, shards
 from stagingmerge_merger.filecuts import FileRange
-from stagingmerge_merger.keyspace import Span, in_span
+from stagingmerge_merger.keyspace import Span
+from tests.helpers import in_span
 
 NAMES = ["source_url", "cert_index"]
 SCHEMA = pa.schema([("source_url", pa.string()), ("cert_index", pa.int64())])

@@ -4,6 +4,7 @@ from deltalake import DeltaTable, write_deltalake
 
 from stagingmerge_merger import keyspace
 from stagingmerge_merger.keyspace import KeySample, Span
+from tests.helpers import in_span
 
 NAMES = ("log", "index")
 TYPES = {"log": "string", "index": "long"}
@@ -32,7 +33,7 @@ def test_spans_cut_the_key_space_without_splitting_a_key():
     assert sum(p.num_rows for p in pieces) == 8
     for span, piece in zip(spans, pieces, strict=True):
         tuples = list(zip(piece["log"].to_pylist(), piece["index"].to_pylist(), strict=True))
-        assert all(keyspace.in_span(t, span) for t in tuples)
+        assert all(in_span(t, span) for t in tuples)
     # all five copies of ("a", 1) are in one span
     holding = [
         p for p in pieces if ("a", 1) in set(zip(*(p[n].to_pylist() for n in NAMES), strict=True))
@@ -49,7 +50,7 @@ def test_span_predicate_matches_in_span_exactly(tmp_path):
         where = keyspace.span_predicate(NAMES, TYPES, span)
         got = pa.table(table.scan(predicate=where)) if where else pa.table(table.scan())
         found = sorted(zip(got["log"].to_pylist(), got["index"].to_pylist(), strict=True))
-        assert found == sorted(p for p in pairs if keyspace.in_span(p, span)), where
+        assert found == sorted(p for p in pairs if in_span(p, span)), where
 
 
 @pytest.mark.parametrize("span", [Span(("a",), None), Span(None, ("z",))])

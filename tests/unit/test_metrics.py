@@ -3,8 +3,8 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stagingmerge_merger import metrics
-from stagingmerge_merger.metrics import MergeMetrics
+from stagingmerge_merger import contract, metrics
+from stagingmerge_merger.contract import MergeMetrics, Outcome
 
 
 def test_json_has_the_documented_keys():
@@ -27,8 +27,8 @@ def test_json_has_the_documented_keys():
 
 def test_json_stays_under_the_termination_message_limit():
     text = MergeMetrics(error="x" * 10_000).to_json()
-    assert len(text.encode()) <= metrics.MAX_BYTES
-    assert json.loads(text)["error"].endswith(metrics.CUT)
+    assert len(text.encode()) <= contract.MAX_REPORT_BYTES
+    assert json.loads(text)["error"].endswith(contract.CUT)
 
 
 @settings(max_examples=200, deadline=None)
@@ -36,13 +36,13 @@ def test_json_stays_under_the_termination_message_limit():
 def test_any_error_fits_and_keeps_its_start(error):
     """Escapes (quotes, control characters) and multi-byte characters (non-ASCII column
     names, emoji) all count: the encoded line is what the kubelet cuts."""
-    text = MergeMetrics(outcome="invalid_input", error=error).to_json()
+    text = MergeMetrics(outcome=Outcome.INVALID_INPUT, error=error).to_json()
     assert len(text.encode("utf-8")) + 1 <= 4096  # with its newline
     shown = json.loads(text)["error"]
     if shown == error:
         return
-    assert shown.endswith(metrics.CUT)
-    kept = shown.removesuffix(metrics.CUT)
+    assert shown.endswith(contract.CUT)
+    kept = shown.removesuffix(contract.CUT)
     assert error.startswith(kept) and len(kept) > 0
 
 

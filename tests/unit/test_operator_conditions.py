@@ -1,3 +1,4 @@
+from stagingmerge_merger.contract import Outcome
 from stagingmerge_operator import conditions as c
 
 
@@ -61,8 +62,8 @@ def test_metrics_from_a_termination_message():
 
 def test_outcomes():
     ok = c.job_state(job(succeeded=1, conditions=[cond("Complete", "True")]))
-    assert c.outcome_of(ok, {"outcome": "merged", "inserted": 5}).reason == "Merged"
-    assert c.outcome_of(ok, {"outcome": "nothing_to_merge"}).reason == "NothingToMerge"
+    assert c.outcome_of(ok, {"outcome": Outcome.MERGED, "inserted": 5}).reason == "Merged"
+    assert c.outcome_of(ok, {"outcome": Outcome.NOTHING_TO_MERGE}).reason == "NothingToMerge"
     bad = c.job_state(
         job(
             failed=1,
@@ -76,7 +77,7 @@ def test_outcomes():
             ],
         )
     )
-    invalid = c.outcome_of(bad, {"outcome": "invalid_input", "error": "schema mismatch: x"})
+    invalid = c.outcome_of(bad, {"outcome": Outcome.INVALID_INPUT, "error": "schema mismatch: x"})
     assert (invalid.phase, invalid.reason, invalid.message) == (
         "Failed",
         "InvalidInput",
@@ -95,7 +96,7 @@ def test_outcomes():
             ],
         )
     )
-    failed = c.outcome_of(retried, {"outcome": "failed", "error": "store down"})
+    failed = c.outcome_of(retried, {"outcome": Outcome.FAILED, "error": "store down"})
     assert failed.reason == "MergeFailed" and failed.message == "after 4 attempt(s): store down"
     deadline = c.job_state(
         job(
@@ -110,10 +111,10 @@ def test_outcomes():
         )
     )
     assert c.outcome_of(deadline, None).reason == "DeadlineExceeded"
-    left = c.outcome_of(retried, {"outcome": "duplicates_left", "error": "keys twice: (1,)"})
+    left = c.outcome_of(retried, {"outcome": Outcome.DUPLICATES_LEFT, "error": "keys twice: (1,)"})
     assert (left.phase, left.reason) == ("Failed", "DuplicatesLeft")
     assert left.message == "keys twice: (1,)"
-    kept = c.outcome_of(retried, {"outcome": "staging_not_deleted"})
+    kept = c.outcome_of(retried, {"outcome": Outcome.STAGING_NOT_DELETED})
     assert (kept.phase, kept.reason) == ("Failed", "StagingNotDeleted")
     assert "staging could not be deleted" in kept.message
     assert c.outcome_of(c.job_state(job(active=1)), None).phase == "Running"

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from stagingmerge_merger.contract import Outcome
 from stagingmerge_operator import conditions as c
 from stagingmerge_operator import reconcile, shards
 from stagingmerge_operator.shards import ShardPod
@@ -22,7 +23,7 @@ def test_job_index_intervals(text, indexes):
 
 def shard_metrics(**values):
     base = {
-        "outcome": "merged",
+        "outcome": Outcome.MERGED,
         "staging_rows": 10,
         "inserted": 4,
         "skipped_existing": 5,
@@ -59,35 +60,35 @@ def test_summed_metrics_add_up_and_keep_the_extremes():
     assert (
         total["duration_seconds"] == 2.5 and total["staging_deleted"] and total["main_files"] == 9
     )
-    assert total["outcome"] == "merged" and total["shards_reported"] == 2
+    assert total["outcome"] == Outcome.MERGED and total["shards_reported"] == 2
 
 
 def test_the_worst_shard_outcome_is_the_merge_outcome():
     assert shards.sum_metrics([]) is None
-    nothing = shards.sum_metrics([shard_metrics(outcome="nothing_to_merge")] * 2)
-    assert nothing is not None and nothing["outcome"] == "nothing_to_merge"
+    nothing = shards.sum_metrics([shard_metrics(outcome=Outcome.NOTHING_TO_MERGE)] * 2)
+    assert nothing is not None and nothing["outcome"] == Outcome.NOTHING_TO_MERGE
     mixed = shards.sum_metrics(
-        [shard_metrics(), shard_metrics(outcome="invalid_input", error="bad schema")]
+        [shard_metrics(), shard_metrics(outcome=Outcome.INVALID_INPUT, error="bad schema")]
     )
     assert mixed is not None and (mixed["outcome"], mixed["error"]) == (
-        "invalid_input",
+        Outcome.INVALID_INPUT,
         "bad schema",
     )
     worst = shards.sum_metrics(
         [
-            shard_metrics(outcome="staging_not_deleted"),
-            shard_metrics(outcome="duplicates_left"),
-            shard_metrics(outcome="invalid_input"),
+            shard_metrics(outcome=Outcome.STAGING_NOT_DELETED),
+            shard_metrics(outcome=Outcome.DUPLICATES_LEFT),
+            shard_metrics(outcome=Outcome.INVALID_INPUT),
         ]
     )
-    assert worst is not None and worst["outcome"] == "duplicates_left"
-    kept = shards.sum_metrics([shard_metrics(), shard_metrics(outcome="staging_not_deleted")])
-    assert kept is not None and kept["outcome"] == "staging_not_deleted"
+    assert worst is not None and worst["outcome"] == Outcome.DUPLICATES_LEFT
+    kept = shards.sum_metrics([shard_metrics(), shard_metrics(outcome=Outcome.STAGING_NOT_DELETED)])
+    assert kept is not None and kept["outcome"] == Outcome.STAGING_NOT_DELETED
 
 
 def test_shards_that_read_different_versions_of_staging_are_not_a_whole_merge():
     total = shards.sum_metrics([shard_metrics(staging_version=3), shard_metrics(staging_version=4)])
-    assert total is not None and total["outcome"] == "staging_changed"
+    assert total is not None and total["outcome"] == Outcome.STAGING_CHANGED
     assert "shards read versions 3, 4" in total["error"]
     done = c.job_state(indexed_job(succeeded=3, completedIndexes="0-2", conditions=[
         {"type": "Complete", "status": "True"}]))  # fmt: skip

@@ -158,23 +158,6 @@ class TestSchemas:
             plan.partition_for_new_main(with_date, ("x",))
 
 
-class TestBatches:
-    def test_groups_units_up_to_the_batch_size(self):
-        assert plan.plan_batches([3, 3, 3, 3], 6) == [range(0, 2), range(2, 4)]
-
-    def test_a_large_unit_is_a_batch_of_its_own(self):
-        assert plan.plan_batches([2, 10, 2], 5) == [range(0, 1), range(1, 2), range(2, 3)]
-
-    def test_empty_units_are_skipped(self):
-        assert plan.plan_batches([0, 0, 4, 0], 10) == [range(2, 4)]
-        assert plan.plan_batches([0, 0], 10) == []
-
-    def test_order_is_kept_and_every_unit_covered(self):
-        sizes = [5, 1, 7, 2, 2, 9, 1]
-        batches = plan.plan_batches(sizes, 8)
-        assert [i for b in batches for i in b] == list(range(len(sizes)))
-
-
 class TestPredicates:
     TYPES = {"source_url": "string", "cert_index": "long", "day": "date"}
 

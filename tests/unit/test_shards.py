@@ -9,7 +9,8 @@ import pytest
 
 from stagingmerge_merger import keyspace, shards
 from stagingmerge_merger.errors import InvalidInputError
-from stagingmerge_merger.keyspace import Span, in_span
+from stagingmerge_merger.keyspace import Span
+from tests.helpers import in_span
 
 NAMES = ["source_url", "cert_index"]
 

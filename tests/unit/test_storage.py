@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from stagingmerge_merger import storage
+from stagingmerge_merger import contract, storage
 from stagingmerge_merger.errors import InvalidInputError
 from stagingmerge_merger.storage import parse_location as loc
 
@@ -138,7 +138,7 @@ class TestDeletable:
             storage.check_deletable(loc("s3://b/staging-other"), loc("s3://b/main"), allowed)
 
     def test_allow_list_from_environment(self):
-        env = {storage.ALLOWED_PREFIXES_ENV: "s3://b/staging, /tmp/x,"}
+        env = {contract.ALLOWED_PREFIXES_ENV: "s3://b/staging, /tmp/x,"}
         assert [str(p) for p in storage.allowed_prefixes(env)] == [
             "s3://b/staging",
             str(Path("/tmp/x")),
