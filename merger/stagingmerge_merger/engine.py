@@ -13,7 +13,8 @@ spans whose keys fit `key_memory` (keyspace.py). Then, for each span:
    (selection.py);
 5. cut the stream into commits of at most `batch_rows` rows; a commit whose version
    shows other writers' commits since *v* gets its keys re-checked against main and,
-   should one now be there twice, rewritten back to the copy that was there first.
+   should one now be there twice, rewritten back to the copy that was there first
+   (steps 2 and 5, main's side of the run, are commits.py's).
 
 All copies of a key are in one span, so the winner, the counts and a dry run's
 counts never depend on batch boundaries, file order or a crash; a rerun sees what
@@ -23,26 +24,22 @@ earlier runs wrote (step 3) and inserts the rest.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
-from urllib.parse import unquote
 
 import pyarrow as pa
 import structlog
 
 from . import (
-    __version__,
     checks,
+    commits,
     deltalog,
-    failpoints,
     filecuts,
     keysets,
     keyspace,
-    mainfiles,
     misreads,
     plan,
-    repairs,
     selection,
     shards,
 )
@@ -51,7 +48,6 @@ from .contract import (
     DEFAULT_KEYS,
     KEY_MEMORY,
     KEY_SAMPLE_ROWS,
-    REPAIRS_DIR,
     MergeMetrics,
     Outcome,
 )
@@ -63,7 +59,7 @@ from .errors import (
     StagingChangedError,
     StagingNotDeletedError,
 )
-from .mainfiles import MainFiles, warn_threshold
+from .mainfiles import warn_threshold
 from .metrics import BatchResult
 from .storage import Location, Prefix, check_deletable, links_reaching, redact_options
 
@@ -73,8 +69,6 @@ MAX_COMMIT_ATTEMPTS = 5
 # A span holds its staging keys several times over (all, distinct, new, main's present)
 # and the hash tables of the joins: bytes per key = KEY_OVERHEAD x the Arrow bytes.
 KEY_OVERHEAD = 4
-REPAIR_ATTEMPTS = 10  # a leftover duplicate is worse than a slow batch
-REPAIR_CHUNK = 500  # keys per rewrite predicate when repairing concurrent duplicates
 # a shard warns when the staging files its span meets hold more than this x its rows
 SPREAD_WARN = 1.5
 
@@ -163,14 +157,12 @@ class _Merge:
         self.should_stop = should_stop
         self.options = request.storage_options
         self.deletes = not (request.keep_staging or request.dry_run)
-        self.main: Table | None = None
-        self._declared = False  # main's implied writer features checked (see _ready_main)
-        self.files: MainFiles | None = None  # main's files, for the read accounting
+        self.main: Table | None = None  # main as planning opened it (None: missing)
+        self.writer: commits.MainWriter | None = None  # main from the first write on
         self.prefix = Prefix(request.staging, self.options)
         self.sharded = request.shard is not None and request.shard.count > 1
         self.staging_columns: dict[str, plan.Column] = {}
         self.plan_id = "empty"  # the shard plan all shards agreed on (an empty staging: none)
-        self.repairs = repairs.Repairs(self.prefix)
 
     # --- the run ---------------------------------------------------------------------
 
@@ -208,8 +200,9 @@ class _Merge:
             self.metrics.outcome = Outcome.NOTHING_TO_MERGE
             return
         planned = self._prepare(staging)
+        self.writer = self._writer_for(planned)
         if not req.dry_run:
-            self._repair_owed(planned)
+            self.writer.repair_owed()
         if planned.rows == 0:
             log.info(
                 "nothing to merge: staging is empty"
@@ -475,8 +468,8 @@ class _Merge:
                 selection.batch_count(rows_left, self.req.batch_rows) if rows_left else 0
             )
         self.progress.close()  # before the clean-up logs; run_merge closes it again, harmlessly
-        if self.main is not None:
-            self.metrics.main_version_after = self.main.version
+        if self._main.main is not None:
+            self.metrics.main_version_after = self._main.main.version
         self._warn_if_unclustered()
 
     def _stop_if_asked(self) -> None:
@@ -486,6 +479,29 @@ class _Merge:
                 f"stopped by a signal after {self.metrics.batches} batches;"
                 " staging is kept, rerun to merge the rest"
             )
+
+    def _writer_for(self, planned: _Plan) -> commits.MainWriter:
+        """main from here on: what is read of it and committed to it (commits.py)."""
+        req = self.req
+        goal = commits.Target(
+            main=req.main,
+            staging=req.staging,
+            options=self.options,
+            keys=req.keys,
+            key_types=planned.key_types,
+            key_schema=planned.key_schema,
+            create_as=planned.create_as,
+            partition_by=planned.partition_by,
+            shard=None if req.shard is None else str(req.shard),
+        )
+        return commits.MainWriter(
+            goal, self.main, planned.target, self.metrics, self._open_main, self.staging_columns
+        )
+
+    @property
+    def _main(self) -> commits.MainWriter:
+        assert self.writer is not None
+        return self.writer
 
     def _open(self, location: Location, role: str) -> Table:
         try:
@@ -524,16 +540,11 @@ class _Merge:
         # so their ranges come from the count and the scan has both cores to itself
         counted = keysets.count(keys, names)
         ranges = counted.ranges()
-        predicate = plan.range_predicate(names, planned.key_types, ranges)
+        main = self._main
         for attempt in range(1, MAX_COMMIT_ATTEMPTS + 1):
-            if self.main is None and attempt > 1:
-                self.main = self._open_main()  # another writer may have created it
-            base = self.main.latest_version() if self.main else -1  # -1: no version yet
-            present = (
-                self._main_keys(ranges, planned.key_schema, predicate)
-                if self.main
-                else planned.key_schema.empty_table()
-            )
+            # a retry looks for a missing main again: another writer may have created it
+            base = main.refresh(reopen=attempt > 1)
+            present = main.keys_within(ranges)
             if attempt == 1:  # one tally across attempts: a retry's "existing" are ours
                 tally = selection.SpanTally(rows=keys.num_rows, distinct=len(counted))
             wanted = counted.without(present, names)
@@ -544,15 +555,19 @@ class _Merge:
             if repeated.num_rows:
                 repeated = repeated.filter(wanted.mask(repeated))
             rows = selection.rows_to_insert(
-                staging.stream(planned.target.names, where),
+                staging.stream(main.target.names, where),
                 wanted,
                 repeated,
                 names,
                 self.req.first_by,
             )
             try:
-                self._commit_pieces(
-                    selection.Pieces(rows, self.req.batch_rows), planned, base, tally, wanted
+                main.commit_span(
+                    selection.Pieces(rows, self.req.batch_rows),
+                    commits.Span(wanted, base),
+                    tally,
+                    self._record,
+                    self._stop_if_asked,
                 )
                 return tally.rows
             except CommitConflictError as exc:
@@ -568,273 +583,20 @@ class _Merge:
             " on conflicts with other writers; rerun"
         )
 
-    def _commit_pieces(
-        self,
-        pieces: selection.Pieces,
-        planned: _Plan,
-        base: int,
-        tally: selection.SpanTally,
-        wanted: keysets.Members,
-    ) -> None:
-        """One commit per piece. Before each, catch up with other writers' commits since
-        main was last read (only the files they added, within the span's key ranges) and
-        leave out the keys they added; after each, a commit that shows other writers'
-        commits since that catch-up gets its keys re-checked and repaired."""
-        names = self.req.keys
-        ranges = wanted.ranges()
-        boxes = plan.predicate_boxes(names, ranges)
-        seen = base  # main's version up to which the span's keys are checked
-        counted = base  # main's version up to which other writers' commits are counted
-        own_files: set[str] = set()  # files our commits added: never read back (our keys)
-        taken = planned.key_schema.empty_table()  # keys other writers added meanwhile
-        held: BatchResult | None = None  # the span's last batch takes what is left
-        while (piece := pieces.next_piece()) is not None:
-            if held is not None:
-                self._record(held)
-            self._stop_if_asked()
-            failpoints.hit("batch-start")
-            started = time.monotonic()
-            written: list[pa.Table] = []
-            metadata = {
-                "stagingmerge.staging": str(self.req.staging),
-                "stagingmerge.staging_version": str(self.metrics.staging_version),
-                "stagingmerge.batch": str(self.metrics.batches + 1),
-                "stagingmerge.version": __version__,
-            }
-            if self.req.shard is not None:
-                metadata["stagingmerge.shard"] = str(self.req.shard)
-            for version in self._ready_main(planned):
-                if version == seen + 1:  # our own commit next to what we know: nobody else's
-                    seen = counted = version
-            others = 0
-            if self.main is not None and self.main.latest_version() > seen:
-                others = self.main.version - counted  # commits after our last one: theirs
-                taken = self._catch_up(taken, planned, wanted.keys, ranges, boxes, own_files)
-                seen = self.main.version
-            rows = selection.without_keys(piece, taken, names) if taken.num_rows else piece
-            committed = self._commit(
-                _then_failpoint(selection.keeping_keys(rows, names, written)), planned, metadata
-            )
-            failpoints.hit("batch-after-commit")
-            inserted = pa.concat_tables(written) if written else planned.key_schema.empty_table()
-            late = committed - seen - 1  # other writers' commits after the catch-up
-            counted = committed
-            repaired = 0
-            if late > 0:
-                # `seen` stays: the next piece's catch-up takes the keys those commits hold
-                if self._late_files_may_hold(inserted, boxes, planned, committed, own_files):
-                    try:
-                        repaired = self._repair(
-                            inserted, planned.key_types, planned.key_schema, committed
-                        )
-                    except repairs.DuplicatesLeftError:
-                        # the commit landed: counted (with every row of it) before the error
-                        if held is not None:
-                            self._record(held)
-                        self._record(
-                            replace(
-                                tally.piece(inserted.num_rows),
-                                version=committed,
-                                concurrent_commits=others + max(0, late),
-                                seconds=time.monotonic() - started,
-                            )
-                        )
-                        raise
-            elif self.main is not None:  # nobody else committed: main is known up to ours
-                seen = committed
-                self.files = MainFiles.of(self.main, self.req.keys, known=self.files)
-            held = replace(
-                # a repaired key's copy is theirs now: ours counts as already in main
-                tally.piece(inserted.num_rows - repaired),
-                version=committed,
-                concurrent_commits=others + max(0, late),
-                repaired=repaired,
-                seconds=time.monotonic() - started,
-            )
-        assert held is not None  # a span with new keys has rows to insert
-        self._record(tally.last(held))
-
-    def _catch_up(
-        self,
-        taken: pa.Table,
-        planned: _Plan,
-        new: pa.Table,
-        ranges: list[plan.KeyRange],
-        boxes: list[mainfiles.Box],
-        own_files: set[str],
-    ) -> pa.Table:
-        """`taken` plus the keys of `new` (the span's keys to insert) that the files added
-        since main was last read hold, our own commits' files (`own_files`) left out: they
-        hold only keys already inserted, which no later piece has. main is at its latest
-        version."""
-        assert self.main is not None
-        earlier = self.files  # None: main was created during this span, nothing to diff
-        self.files = MainFiles.of(self.main, self.req.keys, known=earlier)
-        touched = {f.path for f in self.files.touched(boxes)}
-        added = [
-            f
-            for f in (self.files.added_since(earlier) if earlier else [])
-            if f.path in touched and unquote(f.path) not in own_files
-        ]
-        found = self.files.keys_of(added, planned.key_schema) if earlier else None
-        if found is None:  # not readable from the files: the span's ranges through delta-rs
-            predicate = plan.range_predicate(self.req.keys, planned.key_types, ranges)
-            found = self._main_keys(ranges, planned.key_schema, predicate)
-        self.metrics.main_files_caught_up += len(added)
-        caught = keysets.semi_join(new, found, self.req.keys) if found.num_rows else found
-        merged = keysets.distinct_and_repeated(
-            pa.concat_tables([taken, caught.select(taken.column_names).cast(taken.schema)]),
-            self.req.keys,
-        )[0]
-        log.info(
-            "caught up with other writers' commits",
-            main=str(self.req.main),
-            version=self.main.version,
-            files=len(added),
-            keys_taken=merged.num_rows - taken.num_rows,
-        )
-        return merged
-
-    def _late_files_may_hold(
-        self,
-        inserted: pa.Table,
-        boxes: list[mainfiles.Box],
-        planned: _Plan,
-        committed: int,
-        own_files: set[str],
-    ) -> bool:
-        """Whether the commits that landed between our catch-up and our commit `committed`
-        may hold a key we just inserted: only the files they added (from the Delta log,
-        those whose statistics overlap the span's ranges) are read. False lets the commit
-        skip the repair's scan of main's key ranges; True (or anything unreadable) repairs.
-        Concurrent merges of disjoint keys (the shards of one merge) thus never rescan main.
-        The files commit `committed` added join `own_files`, so no catch-up reads them back."""
-        assert self.main is not None
-        earlier = self.files
-        if earlier is None or inserted.num_rows == 0:
-            return bool(inserted.num_rows > 0)
-        now = MainFiles.of(self.main, self.req.keys, known=earlier)
-        ours = now.added_by(committed)
-        if ours is None:
-            return True
-        own_files |= ours
-        if now.version != committed:
-            return True
-        touched = {f.path for f in now.touched(boxes)}
-        late = [
-            f
-            for f in now.added_since(earlier)
-            if f.path in touched and unquote(f.path) not in own_files
-        ]
-        found = now.keys_of(late, planned.key_schema)
-        if found is None:
-            return True
-        self.metrics.main_files_caught_up += len(late)
-        clash = keysets.semi_join(inserted, found, self.req.keys) if found.num_rows else found
-        log.info(
-            "other writers committed during the batch; read only their files",
-            main=str(self.req.main),
-            version=committed,
-            files=len(late),
-            keys_in_common=clash.num_rows,
-        )
-        return bool(clash.num_rows > 0)
-
     def _count_without_commits(self, tally: selection.SpanTally, new: int) -> None:
         """A dry run, or a span with nothing new: the batches a real run would make."""
         count = selection.batch_count(new, self.req.batch_rows)
         for number in range(count):
             self._stop_if_asked()
             result = tally.piece(min(self.req.batch_rows, new - number * self.req.batch_rows))
-            if self.main is not None:
-                result = replace(result, version=self.main.version)
+            if self._main.main is not None:
+                result = replace(result, version=self._main.main.version)
             self._record(tally.last(result) if number == count - 1 else result)
 
     def _record(self, result: BatchResult) -> None:
         result = replace(result, index=self.metrics.batches)
         self._count(result)
         self.progress.batch_done(result, self.metrics)
-
-    def _commit(
-        self, rows: Iterator[pa.RecordBatch], planned: _Plan, metadata: dict[str, str]
-    ) -> int:
-        """Append to main (made ready by _ready_main); return the version committed."""
-        assert self.main is not None
-        return self.main.append(rows, planned.target, metadata)
-
-    def _ready_main(self, planned: _Plan) -> list[int]:
-        """Make main ready for the first append: created when missing (empty), its implied
-        writer features declared (a run killed between those two commits left a version-0
-        main without them). Returns the versions of the commits this made, in order, so
-        the caller does not count them as other writers'."""
-        made: list[int] = []
-        if self.main is None and self._create_main(planned):
-            assert self.main is not None
-            made.append(self.main.version)
-        assert self.main is not None
-        if not self._declared and self.main.version == 0:
-            declared = self.main.declare_implied_features(
-                {"stagingmerge.created_from": str(self.req.staging)}
-            )
-            if declared is not None:
-                log.info(
-                    "declared main's implied writer features",
-                    features=",".join(sorted(self.main.writer_features())),
-                    version=declared,
-                )
-                made.append(declared)
-        self._declared = True
-        return made
-
-    def _create_main(self, planned: _Plan) -> bool:
-        """Create main with staging's columns (after every check passed, before the first
-        append); a failed create leaves nothing behind. False when another writer created
-        it first (main is then theirs, opened)."""
-        assert planned.create_as is not None  # planned when main was missing
-        try:
-            self.main = Table.create(
-                self.req.main,
-                self.options,
-                planned.create_as,
-                planned.partition_by,
-                {"stagingmerge.created_from": str(self.req.staging)},
-            )
-        except MergeError:
-            where = Prefix(self.req.main, self.options)
-            if not where.state().has_delta_log:
-                where.delete_if_not_a_table()
-                raise
-            # another writer (another shard, a concurrent merge) created it first
-            self.main = self._open(self.req.main, "main")
-            plan.check_compatible(self.main.columns(), self.staging_columns, self.req.keys)
-            planned.target = plain_schema(self.main.arrow_schema())
-            log.info(
-                "another writer created main meanwhile; appending to it", main=str(self.req.main)
-            )
-            return False
-        self.metrics.main_created = True
-        log.info(
-            "created main",
-            main=str(self.req.main),
-            partition_by=planned.partition_by,
-            version=self.main.version,
-        )
-        return True
-
-    def _main_keys(
-        self, ranges: list[plan.KeyRange], schema: pa.Schema, predicate: str | None
-    ) -> pa.Table:
-        """Main's keys within `ranges`, and what reading them cost (metrics)."""
-        assert self.main is not None
-        if self.files is None or self.files.version != self.main.version:
-            self.files = MainFiles.of(self.main, self.req.keys, known=self.files)
-        boxes = plan.predicate_boxes(self.req.keys, ranges)
-        touched = self.files.touched(boxes)
-        self.metrics.main_key_scans += 1
-        self.metrics.main_files = len(self.files.files)
-        self.metrics.main_files_scanned += len(touched)
-        self.metrics.main_key_bytes_read += self.files.key_bytes(touched, boxes)
-        return self.main.scan(self.req.keys, predicate).cast(schema)
 
     def _warn_if_unclustered(self) -> None:
         m = self.metrics
@@ -852,116 +614,6 @@ class _Merge:
                 main_files_scanned=m.main_files_scanned,
                 main_files=m.main_files,
             )
-
-    def _repair(
-        self, new: pa.Table, key_types: dict[str, str], key_schema: pa.Schema, committed: int
-    ) -> int:
-        """Other commits landed between our read and our commit: undo any duplicate key.
-
-        Keys we inserted that main now holds more than once were added concurrently by
-        someone else; the copy that was there first (at `committed - 1`) is kept. The keys
-        are recorded in staging first (repairs.py), so a run that cannot finish the rewrite
-        leaves them for the next one instead of ending over duplicates.
-        """
-        assert self.main is not None
-        names = self.req.keys
-        ranges = keysets.key_ranges(new, names)
-        now = self._main_keys(ranges, key_schema, plan.range_predicate(names, key_types, ranges))
-        twice = keysets.repeated_keys(keysets.semi_join(now, new, names), names)
-        log.info(
-            "other writers committed during the batch; checked for duplicates",
-            main=str(self.req.main),
-            version=committed,
-            duplicates=twice.num_rows,
-        )
-        if twice.num_rows == 0:
-            return 0
-        owed = repairs.Owed(committed, twice)
-        self.repairs.record(owed)
-        repaired = self._rewrite_first_copies(owed, key_types)
-        self.repairs.done(committed)
-        return repaired
-
-    def _repair_owed(self, planned: _Plan) -> None:
-        """The repairs an earlier run recorded and could not finish, before anything else:
-        the keys main still holds twice are rewritten to their first copy."""
-        owed = self.repairs.owed(planned.key_schema)
-        if not owed:
-            return
-        if self.main is None:  # no main, so nothing in it twice: the records are stale
-            for record in owed:
-                self.repairs.done(record.version)
-            return
-        names = self.req.keys
-        for record in owed:
-            ranges = keysets.key_ranges(record.keys, names)
-            predicate = plan.range_predicate(names, planned.key_types, ranges)
-            now = self._main_keys(ranges, planned.key_schema, predicate)
-            twice = keysets.repeated_keys(keysets.semi_join(now, record.keys, names), names)
-            log.info(
-                "an earlier run left a repair owed to main",
-                main=str(self.req.main),
-                version=record.version,
-                keys=record.keys.num_rows,
-                still_twice=twice.num_rows,
-            )
-            if twice.num_rows:
-                self.metrics.duplicates_repaired += self._rewrite_first_copies(
-                    repairs.Owed(record.version, twice), planned.key_types
-                )
-            self.repairs.done(record.version)
-
-    def _rewrite_first_copies(self, owed: repairs.Owed, key_types: dict[str, str]) -> int:
-        """Rewrite each key of `owed` to one copy, the one main held before our commit
-        `owed.version` (any one, if that version can no longer be read). Raises
-        DuplicatesLeftError when main refuses the rewrite or it keeps conflicting."""
-        assert self.main is not None
-        names = self.req.keys
-        try:
-            earlier: Table | None = self.main.at_version(owed.version - 1)
-        except MergeError:
-            earlier = None  # log cleaned up since: every copy is a valid row of the key
-        tuples = keysets.key_tuples(owed.keys, names)
-        for start in range(0, len(tuples), REPAIR_CHUNK):
-            chunk = tuples[start : start + REPAIR_CHUNK]
-            where = plan.keys_in_predicate(names, key_types, chunk)
-            theirs = _one_per_key((earlier or self.main).scan(None, where), names)
-            for attempt in range(1, REPAIR_ATTEMPTS + 1):
-                try:
-                    self.main.replace(
-                        theirs,
-                        where,
-                        {"stagingmerge.repair": f"{len(chunk)} keys inserted concurrently"},
-                    )
-                    break
-                except MergeError as exc:
-                    # Delta sees a conflict whenever a concurrent commit may hold these keys;
-                    # the rewrite is idempotent, so try again after the other writer. Any
-                    # other refusal (an append-only main) will not pass on a retry.
-                    retry = isinstance(exc, CommitConflictError) and not _refused_for_good(exc)
-                    if not retry or attempt == REPAIR_ATTEMPTS:
-                        raise self._duplicates_left(owed, exc) from exc
-                    self.metrics.commit_retries += 1
-                    time.sleep(min(5.0, 0.2 * 2**attempt))
-        log.warning(
-            "removed duplicates left by a concurrent writer",
-            main=str(self.req.main),
-            keys=len(tuples),
-        )
-        return len(tuples)
-
-    def _duplicates_left(self, owed: repairs.Owed, cause: MergeError) -> MergeError:
-        self.metrics.outcome = Outcome.DUPLICATES_LEFT
-        shown = ", ".join(repr(k) for k in keysets.key_tuples(owed.keys.slice(0, 3), self.req.keys))
-        more = f" and {owed.keys.num_rows - 3} more" if owed.keys.num_rows > 3 else ""
-        return repairs.DuplicatesLeftError(
-            f"another writer added {owed.keys.num_rows} of the keys our commit {owed.version}"
-            f" inserted into main {self.req.main} at the same time, and the rewrite that keeps"
-            f" one copy of each failed ({cause}): main holds these keys twice ({shown}{more});"
-            f" staging is kept with the record of them ({REPAIRS_DIR}/): once main"
-            " accepts the rewrite (for an append-only main: lift delta.appendOnly, or remove"
-            " one copy of each key yourself), rerun"
-        )
 
     def _count(self, result: BatchResult) -> None:
         m = self.metrics
@@ -1037,20 +689,3 @@ class _Merge:
         self.metrics.staging_deleted = True
         self.metrics.staging_objects_deleted = deleted
         log.info("deleted staging", staging=str(self.req.staging), objects=deleted)
-
-
-def _refused_for_good(exc: MergeError) -> bool:
-    """A commit main refuses whatever happens meanwhile: an append-only table."""
-    return "append-only" in str(exc).lower() or "appendonly" in str(exc).lower()
-
-
-def _one_per_key(rows: pa.Table, names: Sequence[str]) -> pa.Table:
-    numbered = keysets.with_positions(rows, 0)
-    keep = keysets.first_occurrences(numbered.select([*names, keysets.POSITION]), names)
-    return rows.take(sorted(keep[keysets.POSITION].to_pylist()))
-
-
-def _then_failpoint(rows: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    """The rows, then the `batch-before-commit` crash point (files written, no commit)."""
-    yield from rows
-    failpoints.hit("batch-before-commit")

@@ -3,13 +3,11 @@ queue's next in line and the TTL's due time."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import pytest
 
 from stagingmerge_merger.contract import Outcome
 from stagingmerge_operator import conditions as c
-from stagingmerge_operator import reconcile, shards
+from stagingmerge_operator import shards
 from stagingmerge_operator.shards import ShardPod
 
 
@@ -143,44 +141,3 @@ def test_an_indexed_job_reads_as_shards():
     outcome = c.outcome_of(failed, None)
     assert outcome.phase == "Failed" and outcome.message.startswith("shard(s) 1 of 3 failed")
     assert "the other shards merged their spans" in outcome.message
-
-
-def merge(name, phase=None, main="s3://lake/main", created="2026-01-01T00:00:00Z", **status):
-    return {
-        "metadata": {"name": name, "namespace": "ns", "creationTimestamp": created},
-        "spec": {"main": {"uri": main}, "staging": {"uri": f"s3://lake/staging/{name}"}},
-        "status": {"phase": phase, **status} if phase else {},
-    }
-
-
-def test_next_in_line_takes_the_oldest_queued_up_to_the_free_slots():
-    merges = [
-        merge("running", "Running", jobName="running-g1"),
-        merge("q3", "Queued", created="2026-01-01T00:00:03Z"),
-        merge("q1", "Queued", created="2026-01-01T00:00:01Z"),
-        merge("q2", "Queued", created="2026-01-01T00:00:02Z"),
-        merge("other", "Queued", main="s3://lake/other"),
-        merge("done", "Succeeded", jobName="done-g1"),
-    ]
-    assert reconcile.next_in_line(merges, 1) == {("ns", "other")}
-    assert reconcile.next_in_line(merges, 3) == {("ns", "q1"), ("ns", "q2"), ("ns", "other")}
-    only = reconcile.next_in_line(merges, 2, only=reconcile.main_key("s3://lake/main"))
-    assert only == {("ns", "q1")}
-    assert reconcile.fleet_counts(merges) == {"s3://lake/main": (3, 1), "s3://lake/other": (1, 0)}
-
-
-def test_a_finished_merge_is_due_ttl_seconds_after_it_finished():
-    finished = merge("m", "Succeeded", completionTime="2026-01-01T00:10:00Z")
-    assert reconcile.expiry(finished) is None  # no TTL: kept
-    finished["spec"]["ttlSecondsAfterFinished"] = 30
-    assert reconcile.expiry(finished) == datetime(2026, 1, 1, 0, 10, 30, tzinfo=UTC)
-    running = merge("r", "Running")
-    running["spec"]["ttlSecondsAfterFinished"] = 0
-    assert reconcile.expiry(running) is None
-    failed_on_spec = merge(
-        "f",
-        "Failed",
-        conditions=[{"type": "Succeeded", "lastTransitionTime": "2026-01-01T00:00:00Z"}],
-    )
-    failed_on_spec["spec"]["ttlSecondsAfterFinished"] = 0
-    assert reconcile.expiry(failed_on_spec) == datetime(2026, 1, 1, tzinfo=UTC)

@@ -1,0 +1,522 @@
+"""main as one run writes it: the concurrent-writer guard, in one place.
+
+main moves on while a merge runs: live writers append, concurrent merges and the shards
+of this one commit, an OPTIMIZE rewrites files. Exactly once holds by these rules, each
+a method here:
+
+1. **main's keys** within a span's key ranges are read once, at version *v* (`keys_within`,
+   which also accounts what the read cost: mainfiles.py);
+2. **catch up** before each commit: the files other writers added since main was last
+   read, and only those whose statistics meet the span's ranges, are read and the keys
+   they hold are left out of the commit (`_catch_up`);
+3. **late commits**: commits that landed between the catch-up and ours may hold a key we
+   just inserted; their files are read, and only if one does (`_late_files_may_hold`)
+4. **repair**: our copy of a key someone else inserted at the same time is rewritten to
+   the copy that was there first, the keys recorded in staging beforehand so that a run
+   that cannot finish leaves the repair owed to the next (`_repair`, `repair_owed`).
+
+Our own commits (main's creation, the declaration of its features, our batches) are
+never taken for other writers' (`Versions`). Tables are read through delta.py; the files
+other writers added are read through mainfiles.py.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from urllib.parse import unquote
+
+import pyarrow as pa
+import structlog
+
+from . import __version__, failpoints, keysets, plan, repairs, selection
+from .contract import REPAIRS_DIR, MergeMetrics, Outcome
+from .delta import CommitConflictError, Table, plain_schema
+from .errors import MergeError
+from .mainfiles import Box, MainFiles
+from .metrics import BatchResult
+from .storage import Location, Prefix
+
+log = structlog.get_logger("stagingmerge.merge")
+
+REPAIR_ATTEMPTS = 10  # a leftover duplicate is worse than a slow batch
+REPAIR_CHUNK = 500  # keys per rewrite predicate when repairing concurrent duplicates
+
+
+@dataclass
+class Versions:
+    """Where one span's commits stand in main's history (pure bookkeeping).
+
+    `seen`: main's version up to which the span's keys are checked (-1 before main
+    exists); `counted`: the version up to which other writers' commits are counted."""
+
+    seen: int
+    counted: int
+
+    @classmethod
+    def at(cls, version: int) -> Versions:
+        return cls(version, version)
+
+    def own(self, version: int) -> None:
+        """A commit of ours that adds no rows (main's creation, a feature declaration):
+        right after what is known, it is nobody else's and nothing to catch up with."""
+        if version == self.seen + 1:
+            self.seen = self.counted = version
+
+    def behind(self, latest: int) -> bool:
+        """Whether main has commits the span's keys are not checked against."""
+        return latest > self.seen
+
+    def others_since_ours(self, latest: int) -> int:
+        """Other writers' commits since our last one (or since main was read)."""
+        return latest - self.counted
+
+    def caught_up(self, version: int) -> None:
+        self.seen = version
+
+    def committed(self, version: int) -> int:
+        """Our commit landed at `version`; returns the other writers' commits between the
+        last catch-up and it (late: the next catch-up takes the keys they hold)."""
+        late = version - self.seen - 1
+        self.counted = version
+        if late <= 0:  # nobody else committed: main is known up to ours
+            self.seen = version
+        return max(0, late)
+
+
+@dataclass(frozen=True)
+class Target:
+    """What this run writes into main, fixed by planning."""
+
+    main: Location
+    staging: Location
+    options: dict[str, str]
+    keys: tuple[str, ...]
+    key_types: dict[str, str]
+    key_schema: pa.Schema
+    create_as: str | None  # the Delta schema (JSON) of a main this run creates
+    partition_by: list[str]  # for a main this run creates
+    shard: str | None  # recorded in each commit of a sharded run
+
+
+@dataclass
+class Span:
+    """The keys one span inserts: what the guard checks other writers' commits against."""
+
+    wanted: keysets.Members  # the span's keys main did not hold at `base`
+    base: int  # main's version when its keys were read (-1: no main)
+
+
+class MainWriter:
+    """main for one run: read its keys, commit pieces under the guard, repair.
+
+    `reopen` opens main again when another writer may have created it (the engine's
+    audited open); `target` is the schema rows are written as (main's, once it exists)."""
+
+    def __init__(
+        self,
+        goal: Target,
+        main: Table | None,
+        target: pa.Schema,
+        metrics: MergeMetrics,
+        reopen: Callable[[], Table | None],
+        staging_columns: dict[str, plan.Column],
+    ) -> None:
+        self.goal = goal
+        self.main = main
+        self.target = target
+        self.metrics = metrics
+        self.reopen = reopen
+        self.staging_columns = staging_columns
+        self.files: MainFiles | None = None  # main's files, for the read accounting
+        self.repairs = repairs.Repairs(Prefix(goal.staging, goal.options))
+        self._declared = False  # main's implied writer features checked (see _ready_main)
+
+    # --- reading main's keys -------------------------------------------------------
+
+    def refresh(self, reopen: bool) -> int:
+        """main's latest version (-1: no main yet); with `reopen`, a missing main is looked
+        for again first (another writer may have created it)."""
+        if self.main is None and reopen:
+            self.main = self.reopen()
+        return self.main.latest_version() if self.main else -1
+
+    def keys_within(self, ranges: list[plan.KeyRange]) -> pa.Table:
+        """main's keys within `ranges` (none when there is no main), and what reading them
+        cost (metrics)."""
+        schema = self.goal.key_schema
+        if self.main is None:
+            return schema.empty_table()
+        names = self.goal.keys
+        if self.files is None or self.files.version != self.main.version:
+            self.files = MainFiles.of(self.main, names, known=self.files)
+        boxes = plan.predicate_boxes(names, ranges)
+        touched = self.files.touched(boxes)
+        self.metrics.main_key_scans += 1
+        self.metrics.main_files = len(self.files.files)
+        self.metrics.main_files_scanned += len(touched)
+        self.metrics.main_key_bytes_read += self.files.key_bytes(touched, boxes)
+        predicate = plan.range_predicate(names, self.goal.key_types, ranges)
+        return self.main.scan(names, predicate).cast(schema)
+
+    # --- one span's commits ----------------------------------------------------------
+
+    def commit_span(
+        self,
+        pieces: selection.Pieces,
+        span: Span,
+        tally: selection.SpanTally,
+        record: Callable[[BatchResult], None],
+        stop_if_asked: Callable[[], None],
+    ) -> None:
+        """One commit per piece. Before each, catch up with other writers' commits since
+        main was last read (only the files they added, within the span's key ranges) and
+        leave out the keys they added; after each, a commit that shows other writers'
+        commits since that catch-up gets its keys re-checked and repaired. Every result
+        goes to `record` (the span's last batch takes what is left of the tally)."""
+        names = self.goal.keys
+        ranges = span.wanted.ranges()
+        boxes = plan.predicate_boxes(names, ranges)
+        versions = Versions.at(span.base)
+        own_files: set[str] = set()  # files our commits added: never read back (our keys)
+        taken = self.goal.key_schema.empty_table()  # keys other writers added meanwhile
+        held: BatchResult | None = None  # the span's last batch takes what is left
+        while (piece := pieces.next_piece()) is not None:
+            if held is not None:
+                record(held)
+            stop_if_asked()
+            failpoints.hit("batch-start")
+            started = time.monotonic()
+            written: list[pa.Table] = []
+            for version in self._ready_main():
+                versions.own(version)
+            main = self.main
+            assert main is not None
+            others = 0
+            if versions.behind(main.latest_version()):
+                others = versions.others_since_ours(main.version)
+                taken = self._catch_up(taken, span.wanted.keys, ranges, boxes, own_files)
+                versions.caught_up(main.version)
+            rows = selection.without_keys(piece, taken, names) if taken.num_rows else piece
+            committed = main.append(
+                _then_failpoint(selection.keeping_keys(rows, names, written)),
+                self.target,
+                self._metadata(),
+            )
+            failpoints.hit("batch-after-commit")
+            inserted = pa.concat_tables(written) if written else self.goal.key_schema.empty_table()
+            late = versions.committed(committed)
+            repaired = 0
+            if late:
+                # the next piece's catch-up takes the keys those commits hold
+                if self._late_files_may_hold(inserted, boxes, committed, own_files):
+                    try:
+                        repaired = self._repair(inserted, committed)
+                    except repairs.DuplicatesLeftError:
+                        # the commit landed: counted (with every row of it) before the error
+                        if held is not None:
+                            record(held)
+                        record(
+                            replace(
+                                tally.piece(inserted.num_rows),
+                                version=committed,
+                                concurrent_commits=others + late,
+                                seconds=time.monotonic() - started,
+                            )
+                        )
+                        raise
+            else:
+                self.files = MainFiles.of(main, names, known=self.files)
+            held = replace(
+                # a repaired key's copy is theirs now: ours counts as already in main
+                tally.piece(inserted.num_rows - repaired),
+                version=committed,
+                concurrent_commits=others + late,
+                repaired=repaired,
+                seconds=time.monotonic() - started,
+            )
+        assert held is not None  # a span with new keys has rows to insert
+        record(tally.last(held))
+
+    def _metadata(self) -> dict[str, str]:
+        metadata = {
+            "stagingmerge.staging": str(self.goal.staging),
+            "stagingmerge.staging_version": str(self.metrics.staging_version),
+            "stagingmerge.batch": str(self.metrics.batches + 1),
+            "stagingmerge.version": __version__,
+        }
+        if self.goal.shard is not None:
+            metadata["stagingmerge.shard"] = self.goal.shard
+        return metadata
+
+    def _catch_up(
+        self,
+        taken: pa.Table,
+        new: pa.Table,
+        ranges: list[plan.KeyRange],
+        boxes: list[Box],
+        own_files: set[str],
+    ) -> pa.Table:
+        """`taken` plus the keys of `new` (the span's keys to insert) that the files added
+        since main was last read hold, our own commits' files (`own_files`) left out: they
+        hold only keys already inserted, which no later piece has. main is at its latest
+        version."""
+        assert self.main is not None
+        names = self.goal.keys
+        earlier = self.files  # None: main was created during this span, nothing to diff
+        self.files = MainFiles.of(self.main, names, known=earlier)
+        touched = {f.path for f in self.files.touched(boxes)}
+        added = [
+            f
+            for f in (self.files.added_since(earlier) if earlier else [])
+            if f.path in touched and unquote(f.path) not in own_files
+        ]
+        found = self.files.keys_of(added, self.goal.key_schema) if earlier else None
+        if found is None:  # not readable from the files: the span's ranges through delta-rs
+            found = self.keys_within(ranges)
+        self.metrics.main_files_caught_up += len(added)
+        caught = keysets.semi_join(new, found, names) if found.num_rows else found
+        merged = keysets.distinct_and_repeated(
+            pa.concat_tables([taken, caught.select(taken.column_names).cast(taken.schema)]),
+            names,
+        )[0]
+        log.info(
+            "caught up with other writers' commits",
+            main=str(self.goal.main),
+            version=self.main.version,
+            files=len(added),
+            keys_taken=merged.num_rows - taken.num_rows,
+        )
+        return merged
+
+    def _late_files_may_hold(
+        self,
+        inserted: pa.Table,
+        boxes: list[Box],
+        committed: int,
+        own_files: set[str],
+    ) -> bool:
+        """Whether the commits that landed between our catch-up and our commit
+        `committed` may hold a key we just inserted: only the files they added (from the
+        Delta log, those whose statistics overlap the span's ranges) are read. False lets
+        the commit skip the repair's scan of main's key ranges; True (or anything
+        unreadable) repairs. Concurrent merges of disjoint keys (the shards of one merge)
+        thus never rescan main. The files commit `committed` added join `own_files`, so no
+        catch-up reads them back."""
+        assert self.main is not None
+        earlier = self.files
+        if earlier is None or inserted.num_rows == 0:
+            return bool(inserted.num_rows > 0)
+        now = MainFiles.of(self.main, self.goal.keys, known=earlier)
+        ours = now.added_by(committed)
+        if ours is None:
+            return True
+        own_files |= ours
+        if now.version != committed:
+            return True
+        touched = {f.path for f in now.touched(boxes)}
+        late = [
+            f
+            for f in now.added_since(earlier)
+            if f.path in touched and unquote(f.path) not in own_files
+        ]
+        found = now.keys_of(late, self.goal.key_schema)
+        if found is None:
+            return True
+        self.metrics.main_files_caught_up += len(late)
+        clash = keysets.semi_join(inserted, found, self.goal.keys) if found.num_rows else found
+        log.info(
+            "other writers committed during the batch; read only their files",
+            main=str(self.goal.main),
+            version=committed,
+            files=len(late),
+            keys_in_common=clash.num_rows,
+        )
+        return bool(clash.num_rows > 0)
+
+    # --- making main ready -------------------------------------------------------------
+
+    def _ready_main(self) -> list[int]:
+        """Make main ready for the first append: created when missing (empty), its implied
+        writer features declared (a run killed between those two commits left a version-0
+        main without them). Returns the versions of the commits this made, in order, so
+        they are not counted as other writers'."""
+        made: list[int] = []
+        if self.main is None and self._create_main():
+            assert self.main is not None
+            made.append(self.main.version)
+        assert self.main is not None
+        if not self._declared and self.main.version == 0:
+            declared = self.main.declare_implied_features(
+                {"stagingmerge.created_from": str(self.goal.staging)}
+            )
+            if declared is not None:
+                log.info(
+                    "declared main's implied writer features",
+                    features=",".join(sorted(self.main.writer_features())),
+                    version=declared,
+                )
+                made.append(declared)
+        self._declared = True
+        return made
+
+    def _create_main(self) -> bool:
+        """Create main with staging's columns (after every check passed, before the first
+        append); a failed create leaves nothing behind. False when another writer created
+        it first (main is then theirs, opened)."""
+        goal = self.goal
+        assert goal.create_as is not None  # planned when main was missing
+        try:
+            self.main = Table.create(
+                goal.main,
+                goal.options,
+                goal.create_as,
+                goal.partition_by,
+                {"stagingmerge.created_from": str(goal.staging)},
+            )
+        except MergeError:
+            where = Prefix(goal.main, goal.options)
+            if not where.state().has_delta_log:
+                where.delete_if_not_a_table()
+                raise
+            # another writer (another shard, a concurrent merge) created it first
+            self.main = self.reopen()
+            assert self.main is not None
+            plan.check_compatible(self.main.columns(), self.staging_columns, goal.keys)
+            self.target = plain_schema(self.main.arrow_schema())
+            log.info("another writer created main meanwhile; appending to it", main=str(goal.main))
+            return False
+        self.metrics.main_created = True
+        log.info(
+            "created main",
+            main=str(goal.main),
+            partition_by=goal.partition_by,
+            version=self.main.version,
+        )
+        return True
+
+    # --- repairs -------------------------------------------------------------------------
+
+    def _repair(self, new: pa.Table, committed: int) -> int:
+        """Other commits landed between our read and our commit: undo any duplicate key.
+
+        Keys we inserted that main now holds more than once were added concurrently by
+        someone else; the copy that was there first (at `committed - 1`) is kept. The keys
+        are recorded in staging first (repairs.py), so a run that cannot finish the rewrite
+        leaves them for the next one instead of ending over duplicates.
+        """
+        names = self.goal.keys
+        now = self.keys_within(keysets.key_ranges(new, names))
+        twice = keysets.repeated_keys(keysets.semi_join(now, new, names), names)
+        log.info(
+            "other writers committed during the batch; checked for duplicates",
+            main=str(self.goal.main),
+            version=committed,
+            duplicates=twice.num_rows,
+        )
+        if twice.num_rows == 0:
+            return 0
+        owed = repairs.Owed(committed, twice)
+        self.repairs.record(owed)
+        repaired = self._rewrite_first_copies(owed)
+        self.repairs.done(committed)
+        return repaired
+
+    def repair_owed(self) -> None:
+        """The repairs an earlier run recorded and could not finish, before anything else:
+        the keys main still holds twice are rewritten to their first copy."""
+        owed = self.repairs.owed(self.goal.key_schema)
+        if not owed:
+            return
+        if self.main is None:  # no main, so nothing in it twice: the records are stale
+            for record in owed:
+                self.repairs.done(record.version)
+            return
+        names = self.goal.keys
+        for record in owed:
+            now = self.keys_within(keysets.key_ranges(record.keys, names))
+            twice = keysets.repeated_keys(keysets.semi_join(now, record.keys, names), names)
+            log.info(
+                "an earlier run left a repair owed to main",
+                main=str(self.goal.main),
+                version=record.version,
+                keys=record.keys.num_rows,
+                still_twice=twice.num_rows,
+            )
+            if twice.num_rows:
+                self.metrics.duplicates_repaired += self._rewrite_first_copies(
+                    repairs.Owed(record.version, twice)
+                )
+            self.repairs.done(record.version)
+
+    def _rewrite_first_copies(self, owed: repairs.Owed) -> int:
+        """Rewrite each key of `owed` to one copy, the one main held before our commit
+        `owed.version` (any one, if that version can no longer be read). Raises
+        DuplicatesLeftError when main refuses the rewrite or it keeps conflicting."""
+        assert self.main is not None
+        names = self.goal.keys
+        try:
+            earlier: Table | None = self.main.at_version(owed.version - 1)
+        except MergeError:
+            earlier = None  # log cleaned up since: every copy is a valid row of the key
+        tuples = keysets.key_tuples(owed.keys, names)
+        for start in range(0, len(tuples), REPAIR_CHUNK):
+            chunk = tuples[start : start + REPAIR_CHUNK]
+            where = plan.keys_in_predicate(names, self.goal.key_types, chunk)
+            theirs = _one_per_key((earlier or self.main).scan(None, where), names)
+            for attempt in range(1, REPAIR_ATTEMPTS + 1):
+                try:
+                    self.main.replace(
+                        theirs,
+                        where,
+                        {"stagingmerge.repair": f"{len(chunk)} keys inserted concurrently"},
+                    )
+                    break
+                except MergeError as exc:
+                    # Delta sees a conflict whenever a concurrent commit may hold these keys;
+                    # the rewrite is idempotent, so try again after the other writer. Any
+                    # other refusal (an append-only main) will not pass on a retry.
+                    retry = isinstance(exc, CommitConflictError) and not _refused_for_good(exc)
+                    if not retry or attempt == REPAIR_ATTEMPTS:
+                        raise self._duplicates_left(owed, exc) from exc
+                    self.metrics.commit_retries += 1
+                    time.sleep(min(5.0, 0.2 * 2**attempt))
+        log.warning(
+            "removed duplicates left by a concurrent writer",
+            main=str(self.goal.main),
+            keys=len(tuples),
+        )
+        return len(tuples)
+
+    def _duplicates_left(self, owed: repairs.Owed, cause: MergeError) -> MergeError:
+        self.metrics.outcome = Outcome.DUPLICATES_LEFT
+        shown = ", ".join(
+            repr(k) for k in keysets.key_tuples(owed.keys.slice(0, 3), self.goal.keys)
+        )
+        more = f" and {owed.keys.num_rows - 3} more" if owed.keys.num_rows > 3 else ""
+        return repairs.DuplicatesLeftError(
+            f"another writer added {owed.keys.num_rows} of the keys our commit {owed.version}"
+            f" inserted into main {self.goal.main} at the same time, and the rewrite that keeps"
+            f" one copy of each failed ({cause}): main holds these keys twice ({shown}{more});"
+            f" staging is kept with the record of them ({REPAIRS_DIR}/): once main"
+            " accepts the rewrite (for an append-only main: lift delta.appendOnly, or remove"
+            " one copy of each key yourself), rerun"
+        )
+
+
+def _refused_for_good(exc: MergeError) -> bool:
+    """A commit main refuses whatever happens meanwhile: an append-only table."""
+    return "append-only" in str(exc).lower() or "appendonly" in str(exc).lower()
+
+
+def _one_per_key(rows: pa.Table, names: Sequence[str]) -> pa.Table:
+    numbered = keysets.with_positions(rows, 0)
+    keep = keysets.first_occurrences(numbered.select([*names, keysets.POSITION]), names)
+    return rows.take(sorted(keep[keysets.POSITION].to_pylist()))
+
+
+def _then_failpoint(rows: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """The rows, then the `batch-before-commit` crash point (files written, no commit)."""
+    yield from rows
+    failpoints.hit("batch-before-commit")
