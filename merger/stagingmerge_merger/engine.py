@@ -468,8 +468,8 @@ class _Merge:
                 selection.batch_count(rows_left, self.req.batch_rows) if rows_left else 0
             )
         self.progress.close()  # before the clean-up logs; run_merge closes it again, harmlessly
-        if self._main.main is not None:
-            self.metrics.main_version_after = self._main.main.version
+        if self._main_writer.main is not None:
+            self.metrics.main_version_after = self._main_writer.main.version
         self._warn_if_unclustered()
 
     def _stop_if_asked(self) -> None:
@@ -499,7 +499,7 @@ class _Merge:
         )
 
     @property
-    def _main(self) -> commits.MainWriter:
+    def _main_writer(self) -> commits.MainWriter:
         assert self.writer is not None
         return self.writer
 
@@ -540,7 +540,7 @@ class _Merge:
         # so their ranges come from the count and the scan has both cores to itself
         counted = keysets.count(keys, names)
         ranges = counted.ranges()
-        main = self._main
+        main = self._main_writer
         for attempt in range(1, MAX_COMMIT_ATTEMPTS + 1):
             # a retry looks for a missing main again: another writer may have created it
             base = main.refresh(reopen=attempt > 1)
@@ -589,8 +589,8 @@ class _Merge:
         for number in range(count):
             self._stop_if_asked()
             result = tally.piece(min(self.req.batch_rows, new - number * self.req.batch_rows))
-            if self._main.main is not None:
-                result = replace(result, version=self._main.main.version)
+            if self._main_writer.main is not None:
+                result = replace(result, version=self._main_writer.main.version)
             self._record(tally.last(result) if number == count - 1 else result)
 
     def _record(self, result: BatchResult) -> None:

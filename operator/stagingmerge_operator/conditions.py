@@ -112,11 +112,6 @@ def _rfc3339(stamp: str | None) -> str | None:
     return stamp.replace("+00:00", "Z") if stamp else stamp
 
 
-def parse_metrics(message: str | None) -> dict[str, Any] | None:
-    """The merge's metrics JSON from a termination message (None if absent or garbled)."""
-    return contract.parse_report(message)
-
-
 @dataclass(frozen=True)
 class Outcome:
     """Where a run stands, in the terms the status speaks."""

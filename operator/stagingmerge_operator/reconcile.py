@@ -38,6 +38,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from stagingmerge_merger.contract import parse_report
+
 from . import conditions as c
 from . import metrics, queue, shards
 from .config import OperatorConfig
@@ -243,7 +245,7 @@ class Reconciler:
             per_shard = {
                 index: found
                 for index, pod in pods.items()
-                if (found := c.parse_metrics(pod.message)) is not None
+                if (found := parse_report(pod.message)) is not None
             }
             run_metrics = shards.sum_metrics([per_shard[i] for i in sorted(per_shard)])
             extra["shards"] = shards.shard_statuses(
@@ -255,7 +257,7 @@ class Reconciler:
                 message = self.kube.termination_message(
                     meta["namespace"], state.name, CONTAINER, succeeded=state.succeeded
                 )
-            run_metrics = c.parse_metrics(message)
+            run_metrics = parse_report(message)
         outcome = c.outcome_of(state, run_metrics)
         if outcome.phase in c.TERMINAL_PHASES:
             extra["completionTime"] = state.completion_time or self.clock()

@@ -1,4 +1,4 @@
-from stagingmerge_merger.contract import Outcome
+from stagingmerge_merger.contract import Outcome, parse_report
 from stagingmerge_operator import conditions as c
 
 
@@ -55,9 +55,9 @@ def test_job_states():
 
 
 def test_metrics_from_a_termination_message():
-    assert c.parse_metrics('{"inserted": 3}\n') == {"inserted": 3}
-    assert c.parse_metrics('garbage\n{"a": 1}') == {"a": 1}
-    assert c.parse_metrics("") is None and c.parse_metrics("not json") is None
+    assert parse_report('{"inserted": 3}\n') == {"inserted": 3}
+    assert parse_report('garbage\n{"a": 1}') == {"a": 1}
+    assert parse_report("") is None and parse_report("not json") is None
 
 
 def test_outcomes():
