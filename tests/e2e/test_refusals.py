@@ -158,7 +158,9 @@ def test_a_failing_job_keeps_its_main_until_its_pods_are_gone(
             "main": {"uri": main},
             "staging": {"uri": store.uri("first")},
             "storageSecretRef": {"name": "hung"},
-            "activeDeadlineSeconds": 1,
+            # long enough for its pod to start on a loaded machine (the deadline counts
+            # from the Job's start: at 1 s it could pass before the pod ever ran)
+            "activeDeadlineSeconds": 15,
             "backoffLimit": 0,
         },
     )
