@@ -22,7 +22,7 @@ allocator.tune()
 from stagingmerge_merger.contract import MergeMetrics  # noqa: E402
 from stagingmerge_merger.engine import MergeRequest, run_merge  # noqa: E402
 from stagingmerge_merger.logs import configure  # noqa: E402
-from stagingmerge_merger.metrics import BatchResult  # noqa: E402
+from stagingmerge_merger.reporting import BatchResult  # noqa: E402
 from stagingmerge_merger.storage import parse_location  # noqa: E402
 
 

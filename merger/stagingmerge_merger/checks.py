@@ -17,7 +17,8 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
-from .plan import ELEMENTS, FIELD, Column, FieldPath, NotNullBelow, nested_not_null, quote_ident
+from .predicates import quote_ident
+from .schema import ELEMENTS, FIELD, Column, FieldPath, NotNullBelow, nested_not_null
 
 CONSTRAINT_PREFIX = "delta.constraints."
 
@@ -48,7 +49,7 @@ def rules_for(
     schema, which every Delta writer enforces, or NULL-free by every file's statistics):
     their NULL checks are left out, so the audit reads only what can break a rule.
     `staging_columns`: staging's schema, for the struct fields main declares NOT NULL
-    and staging allows NULL in (`plan.nested_not_null`)."""
+    and staging allows NULL in (`schema.nested_not_null`)."""
     rules = [
         Rule(f"NULL in key column {k}", f"{quote_ident(k)} IS NULL")
         for k in keys

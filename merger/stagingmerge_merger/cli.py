@@ -28,12 +28,12 @@ allocator.tune()  # before pyarrow and deltalake (imported below) start their th
 
 import structlog
 
-from . import __version__, contract, plan, redact, shards, storeoptions
+from . import __version__, contract, parsing, redact, shards, storeoptions
 from .contract import EXIT_INVALID, EXIT_OK, EXIT_RETRY, MergeMetrics, Outcome
 from .engine import MergeRequest, Progress, run_merge
 from .errors import InvalidInputError, MergeError
 from .logs import BarProgress, LogProgress, configure, resolve_format
-from .metrics import default_metrics_path
+from .reporting import default_metrics_path
 from .storage import (
     allowed_prefixes,
     one_line,
@@ -179,16 +179,16 @@ def request_from_args(args: argparse.Namespace) -> MergeRequest:
     return MergeRequest(
         main=parse_location(args.main),
         staging=parse_location(args.staging),
-        keys=plan.parse_keys(args.keys),
-        batch_rows=plan.parse_batch_rows(args.batch_rows),
+        keys=parsing.parse_keys(args.keys),
+        batch_rows=parsing.parse_batch_rows(args.batch_rows),
         keep_staging=args.keep_staging,
         dry_run=args.dry_run,
         storage_options=options,
-        partition_by=plan.parse_columns(args.partition_by, "--partition-by"),
+        partition_by=parsing.parse_columns(args.partition_by, "--partition-by"),
         allowed_prefixes=tuple(allowed_prefixes()),
-        first_by=plan.parse_columns(args.first_by, "--first-by"),
-        key_memory=plan.parse_size(args.key_memory, "--key-memory"),
-        key_sample_rows=plan.parse_batch_rows(args.key_sample_rows, "--key-sample-rows"),
+        first_by=parsing.parse_columns(args.first_by, "--first-by"),
+        key_memory=parsing.parse_size(args.key_memory, "--key-memory"),
+        key_sample_rows=parsing.parse_batch_rows(args.key_sample_rows, "--key-sample-rows"),
         shard=shard_from_args(args),
     )
 

@@ -45,7 +45,8 @@ from deltalake.exceptions import (
 )
 
 from .errors import InvalidInputError, MergeError, StorageError
-from .plan import Column, columns_of, quote_ident, undeclared_features, writer_features
+from .predicates import quote_ident
+from .schema import Column, columns_of, undeclared_features, writer_features
 from .storage import Location, looks_like_auth_error, one_line, scrub
 
 # Row groups of 16 K rows (~35 MB of CT rows): parquet-rs buffers a whole row group
@@ -269,7 +270,7 @@ class Table:
 
     def undeclared_features(self) -> list[str]:
         """Writer features the schema implies and the protocol does not list (see
-        `plan.undeclared_features`)."""
+        `schema.undeclared_features`)."""
         protocol = self._dt.protocol()
         return undeclared_features(
             protocol.min_writer_version, protocol.writer_features, self.columns()
@@ -463,7 +464,7 @@ class Table:
         physical = _physical_names(json.loads(self._dt.schema().to_json()))
         return tuple(physical.get(c, c) for c in columns)
 
-    # --- clustering (cluster.py) -----------------------------------------------------
+    # --- clustering (clustering.py) --------------------------------------------------
 
     def files_by_partition(self) -> dict[tuple[Any, ...], tuple[int, int]]:
         """(files, rows) of each partition, keyed by its values in partition-column order
@@ -535,7 +536,7 @@ def translate_errors(location: Location, options: Mapping[str, str], action: str
     except MergeError:
         raise
     except CommitFailedError as exc:
-        if _UNSUPPORTED_FEATURES in str(exc):  # no retry can help (see plan.check_writable)
+        if _UNSUPPORTED_FEATURES in str(exc):  # no retry can help (see schema.check_writable)
             raise _unsupported(action, location, _one_line(exc, options)) from exc
         raise CommitConflictError(f"cannot {action} {location}: {_one_line(exc, options)}") from exc
     except DeltaProtocolError as exc:

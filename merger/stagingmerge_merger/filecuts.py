@@ -1,6 +1,6 @@
 """Shard cut points from staging's file statistics: no key is read to place them (pure).
 
-Every shard otherwise reads all of staging's keys to place the cuts (shards.cut_points on
+Every shard otherwise reads all of staging's keys to place the cuts (shards.cuts_from_sample on
 a sample of them), so N shards together read staging's keys N+1 times. A backfill usually
 writes its files in key order (one log, rising `cert_index`), and the Delta log already
 holds each file's row count and min/max per key column. From those alone:
@@ -76,7 +76,9 @@ def ranges_of(stats: pa.Table, names: Sequence[str]) -> list[FileRange] | None:
     return files
 
 
-def cut_points(files: Sequence[FileRange], count: int, integer_last: bool) -> list[KeyTuple] | None:
+def cuts_from_statistics(
+    files: Sequence[FileRange], count: int, integer_last: bool
+) -> list[KeyTuple] | None:
     """The N-1 cut points (non-decreasing) of `count` shards, or None when the statistics
     cannot place them within TOLERANCE (see the module docstring). `integer_last`: the last
     key column is an integer, so a cut may fall inside a file."""

@@ -24,10 +24,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import keyindex
-from .keyindex import KeyIndex
+from . import keycodes
+from .keycodes import CodedKeys
 from .keyvalues import as_numbers
-from .plan import KeyRange
+from .predicates import KeyRange
 
 POSITION = "__stagingmerge_position"
 
@@ -48,54 +48,56 @@ def first_occurrences(keys: pa.Table, names: Sequence[str]) -> pa.Table:
 
 class Members:
     """A set of distinct keys to test rows against, built once and probed by every record
-    batch: a KeyIndex (sorted integers per prefix) when the keys fit one, else Arrow's
+    batch: a CodedKeys (sorted integers per prefix) when the keys fit one, else Arrow's
     hash join, probing each batch with only the keys its last column's range can hold."""
 
-    def __init__(self, keys: pa.Table, names: Sequence[str], index: KeyIndex | None = None) -> None:
+    def __init__(
+        self, keys: pa.Table, names: Sequence[str], codes: CodedKeys | None = None
+    ) -> None:
         self.names = list(names)
         self._keys: pa.Table | None = keys.select(self.names)
         self._schema = self._keys.schema
-        if index is None and keys.num_rows:
-            index = KeyIndex.of(self._keys, names)
-        self.index = index
+        if codes is None and keys.num_rows:
+            codes = CodedKeys.of(self._keys, names)
+        self.codes = codes
         self._narrowing = True  # until a batch shows the rows have no key locality
 
     @classmethod
-    def of_index(cls, index: KeyIndex, schema: pa.Schema) -> Members:
-        """The keys an index holds (`schema`: the key columns); their table is built only
+    def of_codes(cls, codes: CodedKeys, schema: pa.Schema) -> Members:
+        """The keys `codes` holds (`schema`: the key columns); their table is built only
         if it is asked for (a catch-up or repair needs it, a plain run does not)."""
-        members = cls(schema.empty_table(), schema.names, index)
+        members = cls(schema.empty_table(), schema.names, codes)
         members._keys = None
         return members
 
     @property
     def keys(self) -> pa.Table:
-        self._keys = _built(self._keys, self.index, self._schema)
+        self._keys = _built(self._keys, self.codes, self._schema)
         return self._keys
 
     def __len__(self) -> int:
-        return len(self.index) if self.index is not None else int(self.keys.num_rows)
+        return len(self.codes) if self.codes is not None else int(self.keys.num_rows)
 
     def ranges(self) -> list[KeyRange]:
         """Per prefix, the span of the last key column (`key_ranges` of these keys)."""
-        if self.index is not None:
-            return index_ranges(self.index)
+        if self.codes is not None:
+            return coded_ranges(self.codes)
         return key_ranges(self.keys, self.names)
 
     def mask(self, rows: pa.Table) -> pa.BooleanArray:
         """For each row of `rows`, whether its key is one of these."""
         if rows.num_rows == 0 or len(self) == 0:
-            return keyindex.arrow_of(np.zeros(rows.num_rows, dtype=bool))
-        if self.index is not None:
-            return keyindex.arrow_of(self.index.contains(rows.select(self.names)))
+            return keycodes.arrow_of(np.zeros(rows.num_rows, dtype=bool))
+        if self.codes is not None:
+            return keycodes.arrow_of(self.codes.contains(rows.select(self.names)))
         probe = within_last_range(self.keys, rows, self.names) if self._narrowing else self.keys
         self._narrowing = self._narrowing and probe is not self.keys
         found = np.zeros(rows.num_rows, dtype=bool)
         found[positions_in(rows, probe, self.names).to_numpy()] = True
-        return keyindex.arrow_of(found)
+        return keycodes.arrow_of(found)
 
 
-def _built(table: pa.Table | None, index: KeyIndex | None, schema: pa.Schema) -> pa.Table:
+def _built(table: pa.Table | None, index: CodedKeys | None, schema: pa.Schema) -> pa.Table:
     """`table`, or, while there is none, the table of the keys `index` holds."""
     if table is not None:
         return table
@@ -120,42 +122,42 @@ def semi_join(left: pa.Table, right: pa.Table, names: Sequence[str]) -> pa.Table
 @dataclass
 class Counted:
     """A span's staging keys counted: the keys held more than once, and each key once,
-    as a KeyIndex (keys that fit one: the anti-join with main's then needs no table of
+    as a CodedKeys (keys that fit one: the anti-join with main's then needs no table of
     them) or a table."""
 
     schema: pa.Schema  # the key columns
     repeated: pa.Table
-    index: KeyIndex | None = None
-    table: pa.Table | None = None  # each key once (built from the index when asked for)
+    codes: CodedKeys | None = None
+    table: pa.Table | None = None  # each key once (built from the codes when asked for)
 
     @property
     def distinct(self) -> pa.Table:
-        self.table = _built(self.table, self.index, self.schema)
+        self.table = _built(self.table, self.codes, self.schema)
         return self.table
 
     def __len__(self) -> int:
         """How many distinct keys."""
-        return len(self.index) if self.index is not None else int(self.distinct.num_rows)
+        return len(self.codes) if self.codes is not None else int(self.distinct.num_rows)
 
     def ranges(self) -> list[KeyRange]:
         """Per prefix, the span of the last key column (`key_ranges` of these keys): from
         the index's sorted arrays when there is one, without another pass over the keys."""
-        if self.index is not None:
-            return index_ranges(self.index)
+        if self.codes is not None:
+            return coded_ranges(self.codes)
         return key_ranges(self.distinct, self.schema.names)
 
     def without(self, present: pa.Table, names: Sequence[str]) -> Members:
         """The distinct keys main does not hold (`present`: main's keys in the span)."""
-        if self.index is None:
+        if self.codes is None:
             return Members(anti_join(self.distinct, present, names), names)
-        return Members.of_index(self.index.without(present), self.schema)
+        return Members.of_codes(self.codes.without(present), self.schema)
 
 
 def count(keys: pa.Table, names: Sequence[str]) -> Counted:
-    """`keys` counted (Counted): by sorting integers when they fit a KeyIndex, else
+    """`keys` counted (Counted): by sorting integers when they fit a CodedKeys, else
     with Arrow's group_by."""
     schema = keys.select(list(names)).schema
-    fast = keyindex.counted(keys, names)
+    fast = keycodes.counted(keys, names)
     if fast is not None:
         return Counted(schema, fast[1], fast[0])
     counts = keys.select(list(names)).group_by(list(names), use_threads=True)
@@ -317,7 +319,7 @@ def key_ranges(keys: pa.Table, names: Sequence[str]) -> list[KeyRange]:
     ]
 
 
-def index_ranges(index: KeyIndex) -> list[KeyRange]:
+def coded_ranges(index: CodedKeys) -> list[KeyRange]:
     """`key_ranges` of the keys an index holds: each prefix's first and last value."""
     return [
         KeyRange(prefix, values[0].item(), values[-1].item())

@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 
 from . import keyvalues
 from .contract import KEY_SAMPLE_ROWS
-from .plan import quote_ident, sql_literal
+from .predicates import quote_ident, sql_literal
 
 KeyTuple = tuple[Any, ...]
 

@@ -4,7 +4,7 @@ Delta's dates reach year 9999 and past it (a 32-bit day count); Python's `date` 
 9999-12-31 and cannot even be built for the rest. Every key value that leaves Arrow for
 Python (ranges, tuples, cut points, file statistics, the key index's prefixes) goes
 through here, so all of them compare with one another, in the dates' order, whatever the
-year; plan.sql_literal writes them back as `CAST(n AS DATE)`.
+year; predicates.sql_literal writes them back as `CAST(n AS DATE)`.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import structlog
 
 from . import redact
 from .contract import MergeMetrics
-from .metrics import BatchResult
+from .reporting import BatchResult
 
 log = structlog.get_logger("stagingmerge.merge")
 

@@ -25,12 +25,13 @@ from urllib.parse import unquote
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import structlog
 
 from . import deltalog, keyvalues
-from .contract import UNCLUSTERED_WARN_BYTES_ENV
+from .contract import UNCLUSTERED_WARN_BYTES_ENV, MergeMetrics
 from .delta import Table
 from .errors import MergeError
-from .storage import Prefix
+from .storage import Location, Prefix
 
 Box = tuple[tuple[Any, ...], tuple[Any, ...]]  # (lows, highs) per key column
 FOOTER_SAMPLE = 32
@@ -40,9 +41,31 @@ TAIL_BYTES = 64 * 1024
 UNCLUSTERED_WARN_BYTES = 256 * 1024 * 1024
 
 
+log = structlog.get_logger("stagingmerge.merge")
+
+
 def warn_threshold() -> int:
     raw = os.environ.get(UNCLUSTERED_WARN_BYTES_ENV, "")
     return int(raw) if raw.strip().isdigit() else UNCLUSTERED_WARN_BYTES
+
+
+def warn_if_unclustered(m: MergeMetrics, main: Location) -> None:
+    """At the end of a run: warn, naming `stagingmerge-cluster`, when it read the key
+    columns of most of main's files (and at least warn_threshold() bytes of them)."""
+    if (
+        m.main_key_bytes_read >= warn_threshold()
+        and m.main_files > 1
+        and m.main_files_scanned > 0.5 * m.main_files * m.main_key_scans
+    ):
+        log.warning(
+            "main is not clustered by the key: this run read the key columns of"
+            f" {m.main_files_scanned} of main's files ({m.main_key_bytes_read} bytes);"
+            f" run `stagingmerge-cluster --main {main}` so merges read only"
+            " the files their key ranges touch",
+            main_key_bytes_read=m.main_key_bytes_read,
+            main_files_scanned=m.main_files_scanned,
+            main_files=m.main_files,
+        )
 
 
 @dataclass
@@ -88,7 +111,7 @@ class MainFiles:
         )
 
     def touched(self, boxes: Sequence[Box]) -> list[FileStat]:
-        """The files whose statistics rule out none of the boxes (plan.predicate_boxes)."""
+        """The files whose statistics rule out none of the boxes (predicates.predicate_boxes)."""
         return [f for f in self.files if any(_may_hold(f, box) for box in boxes)]
 
     def key_bytes(self, files: Sequence[FileStat], boxes: Sequence[Box]) -> int:

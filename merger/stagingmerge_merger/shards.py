@@ -7,7 +7,7 @@ The split (pure functions here, the shared records in `Ledger`):
   copies of a key are in one shard (the first-copy rule holds within each key) and no two
   shards can insert the same key. The cut points come from staging's file statistics when
   those can balance the shards (filecuts.py: no key is read to place them), else from a
-  sample of staging's keys at evenly spaced ranks (cut_points); either way they decide
+  sample of staging's keys at evenly spaced ranks (cuts_from_sample); either way they decide
   only the balance. Few distinct keys give some shards an empty span; they still report done.
 - **One plan per staging version.** Statistics give every shard the same cuts, and so does
   a sample that is exact (every key, up to `--key-sample-rows`); a larger staging's sample
@@ -85,7 +85,9 @@ def shard_from_environment(count: int, environ: dict[str, str] | None = None) ->
 CUT_SAMPLE = 65_536  # keys sorted to place the cuts (within a few per mille of balance)
 
 
-def cut_points(sample: pa.Table, names: Sequence[str], count: int, exact: bool = False) -> pa.Table:
+def cuts_from_sample(
+    sample: pa.Table, names: Sequence[str], count: int, exact: bool = False
+) -> pa.Table:
     """The N-1 cut points of `count` shards: keys at ranks j*len/N of the sample, sorted
     and non-decreasing (equal neighbours leave an empty shard between them).
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from stagingmerge_merger import contract, plan
+from stagingmerge_merger import contract, parsing
 from stagingmerge_merger.errors import InvalidInputError
 from stagingmerge_merger.storage import is_secret_name, parse_location
 
@@ -58,7 +58,7 @@ def parse_spec(spec: Mapping[str, Any]) -> MergeSpec:
     staging_uri = _uri(spec, "staging")
     try:
         main, staging = parse_location(main_uri), parse_location(staging_uri)
-        keys = plan.parse_keys(",".join(spec.get("keys") or contract.DEFAULT_KEYS))
+        keys = parsing.parse_keys(",".join(spec.get("keys") or contract.DEFAULT_KEYS))
     except InvalidInputError as exc:
         raise InvalidSpecError(str(exc)) from None
     if main.overlaps(staging):

@@ -1,7 +1,7 @@
 import json
 
 from stagingmerge_merger import checks
-from stagingmerge_merger.plan import Column
+from stagingmerge_merger.schema import Column
 
 
 def test_rules_cover_keys_not_null_constraints_invariants_and_generated_columns():

@@ -18,11 +18,12 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
 
-from stagingmerge_merger import keysets, plan, selection
-from stagingmerge_merger.commits import MainWriter, Span, Target, Versions
+from stagingmerge_merger import keysets, predicates
 from stagingmerge_merger.contract import MergeMetrics
 from stagingmerge_merger.delta import Table, plain_schema
-from stagingmerge_merger.metrics import BatchResult
+from stagingmerge_merger.reporting import BatchResult
+from stagingmerge_merger.stages import stream
+from stagingmerge_merger.stages.commits import MainWriter, SpanKeys, Target, Versions
 from stagingmerge_merger.storage import parse_location
 
 KEYS = ("log", "index")
@@ -106,9 +107,9 @@ def merge_span(writer: MainWriter, staged: pa.Table, batch_rows: int) -> list[Ba
     new = staged.filter(wanted.mask(staged.select(list(KEYS))))
     results: list[BatchResult] = []
     writer.commit_span(
-        selection.Pieces(iter(new.to_batches(max_chunksize=batch_rows)), batch_rows),
-        Span(wanted, base),
-        selection.SpanTally(rows=staged.num_rows, distinct=len(counted)),
+        stream.Pieces(iter(new.to_batches(max_chunksize=batch_rows)), batch_rows),
+        SpanKeys(wanted, base),
+        stream.SpanTally(rows=staged.num_rows, distinct=len(counted)),
         results.append,
         lambda: None,
     )
@@ -148,9 +149,9 @@ def test_keys_another_writer_added_before_a_commit_are_left_out(main, tmp_path):
     write_deltalake(str(main), rows(range(20, 25), "them"), mode="append")  # after our read
     results: list[BatchResult] = []
     writer.commit_span(
-        selection.Pieces(iter(staged.to_batches(max_chunksize=10)), 10),
-        Span(wanted, base),
-        selection.SpanTally(rows=20, distinct=20),
+        stream.Pieces(iter(staged.to_batches(max_chunksize=10)), 10),
+        SpanKeys(wanted, base),
+        stream.SpanTally(rows=20, distinct=20),
         results.append,
         lambda: None,
     )
@@ -221,9 +222,11 @@ def test_a_main_the_run_creates_counts_no_commit_as_another_writer_s(tmp_path):
     counted = keysets.count(staged.select(list(KEYS)), KEYS)
     results: list[BatchResult] = []
     writer.commit_span(
-        selection.Pieces(iter(staged.to_batches()), 10),
-        Span(counted.without(writer.keys_within(counted.ranges()), KEYS), writer.refresh(False)),
-        selection.SpanTally(rows=4, distinct=4),
+        stream.Pieces(iter(staged.to_batches()), 10),
+        SpanKeys(
+            counted.without(writer.keys_within(counted.ranges()), KEYS), writer.refresh(False)
+        ),
+        stream.SpanTally(rows=4, distinct=4),
         results.append,
         lambda: None,
     )
@@ -242,7 +245,7 @@ def test_the_predicate_of_a_span_is_what_keys_within_reads(main, tmp_path):
     assert sorted(got["index"].to_pylist()) == [3, 4, 5]
 
 
-def plan_ranges(spans: list[tuple[str, int, int]]) -> list[plan.KeyRange]:
+def plan_ranges(spans: list[tuple[str, int, int]]) -> list[predicates.KeyRange]:
     table = pa.table({"log": [s[0] for s in spans for _ in (0, 1)],
                       "index": [v for s in spans for v in (s[1], s[2])]})  # fmt: skip
     return keysets.key_ranges(table, KEYS)

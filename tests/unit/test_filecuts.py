@@ -43,7 +43,7 @@ def test_files_in_key_order_are_cut_evenly_by_interpolation(count):
         rows = rng.randrange(50, 400)
         runs.append(("log00", first, rows))
         first += rows + rng.randrange(0, 20)
-    points = filecuts.cut_points(list(reversed(files_of(runs))), count, integer_last=True)
+    points = filecuts.cuts_from_statistics(list(reversed(files_of(runs))), count, integer_last=True)
     assert points is not None and points == sorted(points)
     counts = shard_rows(points, runs, count)
     total = sum(r for _, _, r in runs)
@@ -53,26 +53,26 @@ def test_files_in_key_order_are_cut_evenly_by_interpolation(count):
 
 def test_files_of_several_logs_cut_at_file_boundaries_when_they_balance():
     runs = [(f"log{n:02d}", 0, 100) for n in range(4)]
-    points = filecuts.cut_points(files_of(runs), 2, integer_last=False)
+    points = filecuts.cuts_from_statistics(files_of(runs), 2, integer_last=False)
     assert points == [("log02", 0)]
     assert shard_rows(points, runs, 2) == [200, 200]
 
 
 def test_a_lone_file_is_split_inside_only_over_an_integer_last_column():
     runs = [("log00", 0, 1000)]
-    points = filecuts.cut_points(files_of(runs), 4, integer_last=True)
+    points = filecuts.cuts_from_statistics(files_of(runs), 4, integer_last=True)
     assert points == [("log00", 250), ("log00", 500), ("log00", 750)]
-    assert filecuts.cut_points(files_of(runs), 4, integer_last=False) is None
+    assert filecuts.cuts_from_statistics(files_of(runs), 4, integer_last=False) is None
 
 
 def test_statistics_that_cannot_balance_the_shards_are_refused():
     # three equal files, two shards, no interpolation: one shard would take two thirds
     runs = [(f"log{n}", 0, 100) for n in range(3)]
-    assert filecuts.cut_points(files_of(runs), 2, integer_last=False) is None
+    assert filecuts.cuts_from_statistics(files_of(runs), 2, integer_last=False) is None
     # overlapping files: the order of rows across files is unknown
     overlapping = [FileRange(10, ("a", 0), ("c", 9)), FileRange(10, ("b", 0), ("d", 9))]
-    assert filecuts.cut_points(overlapping, 2, integer_last=True) is None
-    assert filecuts.cut_points([], 2, integer_last=True) is None
+    assert filecuts.cuts_from_statistics(overlapping, 2, integer_last=True) is None
+    assert filecuts.cuts_from_statistics([], 2, integer_last=True) is None
 
 
 def test_ranges_come_from_the_log_statistics_or_not_at_all():

@@ -1,7 +1,7 @@
 import pyarrow as pa
 
 from stagingmerge_merger import keysets
-from stagingmerge_merger.plan import KeyRange
+from stagingmerge_merger.predicates import KeyRange
 
 NAMES = ["u", "i"]
 
@@ -79,12 +79,12 @@ def test_ranges_of_counted_keys_match_key_ranges_with_and_without_an_index():
     import datetime as dt
 
     cases = [
-        (keys([("a", 5), ("b", 2), ("a", 1), ("a", 3), ("a", 5)]), NAMES),  # KeyIndex
-        (pa.table({"i": pa.array([2**63 + 4, 7, 2**63 + 4], pa.uint64())}), ["i"]),  # KeyIndex
+        (keys([("a", 5), ("b", 2), ("a", 1), ("a", 3), ("a", 5)]), NAMES),  # CodedKeys
+        (pa.table({"i": pa.array([2**63 + 4, 7, 2**63 + 4], pa.uint64())}), ["i"]),  # CodedKeys
         (
             pa.table({"d": [dt.date(2026, 1, 2), dt.date(2026, 1, 1)], "i": [9, 4]}),
             ["d", "i"],
-        ),  # KeyIndex, a date prefix
+        ),  # CodedKeys, a date prefix
         (pa.table({"f": [0.5, 0.5, 1.5], "i": [3, 1, 2]}), ["f", "i"]),  # group_by
         (pa.table({"u": ["a", "a"], "s": ["y", "x"]}), ["u", "s"]),  # group_by
     ]

@@ -3,7 +3,7 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stagingmerge_merger import contract, metrics
+from stagingmerge_merger import contract, reporting
 from stagingmerge_merger.contract import MergeMetrics, Outcome
 
 
@@ -47,7 +47,7 @@ def test_any_error_fits_and_keeps_its_start(error):
 
 
 def test_default_path_is_the_termination_log_only_when_it_exists(tmp_path, monkeypatch):
-    monkeypatch.setattr(metrics, "TERMINATION_LOG", tmp_path / "termination-log")
-    assert metrics.default_metrics_path() is None
+    monkeypatch.setattr(reporting, "TERMINATION_LOG", tmp_path / "termination-log")
+    assert reporting.default_metrics_path() is None
     (tmp_path / "termination-log").touch()
-    assert metrics.default_metrics_path() == tmp_path / "termination-log"
+    assert reporting.default_metrics_path() == tmp_path / "termination-log"

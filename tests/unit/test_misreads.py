@@ -1,11 +1,11 @@
 """Which files Spark's own rule reads in its legacy hybrid calendar, and which Delta
-writer features the merge refuses: the pure halves of misreads.py and plan.py."""
+writer features the merge refuses: the pure halves of misreads.py and schema.py."""
 
 from __future__ import annotations
 
 import pytest
 
-from stagingmerge_merger import plan
+from stagingmerge_merger import schema
 from stagingmerge_merger.errors import InvalidInputError
 from stagingmerge_merger.misreads import LEGACY_DATETIME, LEGACY_INT96, SPARK_VERSION
 from stagingmerge_merger.misreads import legacy_calendar as legacy
@@ -56,12 +56,12 @@ def test_spark_s_rule_for_its_legacy_calendar(metadata, expected):
     ],
 )
 def test_writer_features_of_a_protocol(version, named, expected):
-    assert plan.writer_features(version, named) == expected
+    assert schema.writer_features(version, named) == expected
 
 
 def test_writer_features_the_merge_cannot_honour_are_refused_by_name():
-    plan.check_writable({"appendOnly", "deletionVectors", "columnMapping"}, "main m")
+    schema.check_writable({"appendOnly", "deletionVectors", "columnMapping"}, "main m")
     with pytest.raises(InvalidInputError, match=r"domainMetadata, rowTracking; nothing was"):
-        plan.check_writable({"rowTracking", "domainMetadata", "appendOnly"}, "main m")
+        schema.check_writable({"rowTracking", "domainMetadata", "appendOnly"}, "main m")
     with pytest.raises(InvalidInputError, match="identityColumns"):
-        plan.check_writable(plan.writer_features(6, None), "main m")
+        schema.check_writable(schema.writer_features(6, None), "main m")

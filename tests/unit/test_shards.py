@@ -28,7 +28,7 @@ def keys(pairs: list[tuple[str, int]]) -> pa.Table:
 def test_every_key_falls_in_exactly_one_shard(count):
     rng = random.Random(count)
     pairs = [(f"log{rng.randrange(5)}", rng.randrange(1000)) for _ in range(2000)]
-    cuts = shards.cut_points(keys(pairs), NAMES, count)
+    cuts = shards.cuts_from_sample(keys(pairs), NAMES, count)
     spans = [shards.span_of(cuts, NAMES, shards.Shard(i, count)) for i in range(count)]
     probes = [*pairs, ("", -1), ("log9", 10**9), ("log0", 0)]
     for key in probes:
@@ -40,7 +40,7 @@ def test_every_key_falls_in_exactly_one_shard(count):
 
 def test_few_distinct_keys_leave_some_shards_empty_but_still_tile():
     table = keys([("a", 1)] * 10 + [("b", 2)] * 10)
-    cuts = shards.cut_points(table, NAMES, 5)
+    cuts = shards.cuts_from_sample(table, NAMES, 5)
     spans = [shards.span_of(cuts, NAMES, shards.Shard(i, 5)) for i in range(5)]
     assert sum(shards.is_empty(s) for s in spans) >= 2
     for key in [("a", 1), ("b", 2), ("a", 0), ("c", 0)]:
@@ -99,9 +99,9 @@ def test_within_is_the_span_predicate_row_by_row():
 
 def test_cuts_of_a_large_sample_come_from_a_subsample_and_stay_balanced():
     pairs = [(f"log{i % 3}", i) for i in range(200_000)]
-    cuts = shards.cut_points(keys(pairs), NAMES, 4)
+    cuts = shards.cuts_from_sample(keys(pairs), NAMES, 4)
     spans = [shards.span_of(cuts, NAMES, shards.Shard(i, 4)) for i in range(4)]
     sizes = [keyspace.within(keys(pairs), NAMES, span).num_rows for span in spans]
     assert sum(sizes) == len(pairs) and max(sizes) < 1.02 * len(pairs) / 4
-    exact = shards.cut_points(keys(list(reversed(pairs))), NAMES, 4, exact=True)
-    assert exact.equals(shards.cut_points(keys(pairs), NAMES, 4, exact=True))
+    exact = shards.cuts_from_sample(keys(list(reversed(pairs))), NAMES, 4, exact=True)
+    assert exact.equals(shards.cuts_from_sample(keys(pairs), NAMES, 4, exact=True))

@@ -1,14 +1,17 @@
+"""The pure halves of the merge: option values (parsing.py), the schema model and its
+checks (schema.py), the SQL predicates over keys (predicates.py)."""
+
 import datetime as dt
 import json
 
 import pytest
 
-from stagingmerge_merger import plan
+from stagingmerge_merger import parsing, predicates, schema
 from stagingmerge_merger.errors import InvalidInputError
-from stagingmerge_merger.plan import KeyRange
+from stagingmerge_merger.predicates import KeyRange
 
 
-def schema(*fields: tuple[str, object, bool]) -> str:
+def schema_json(*fields: tuple[str, object, bool]) -> str:
     return json.dumps(
         {
             "type": "struct",
@@ -20,7 +23,7 @@ def schema(*fields: tuple[str, object, bool]) -> str:
     )
 
 
-MAIN = schema(
+MAIN = schema_json(
     ("source_url", "string", False),
     ("cert_index", "long", False),
     ("all_domains", {"type": "array", "elementType": "string", "containsNull": False}, False),
@@ -30,37 +33,37 @@ MAIN = schema(
 
 class TestKeys:
     def test_parses_a_comma_list(self):
-        assert plan.parse_keys(" source_url , cert_index ") == ("source_url", "cert_index")
+        assert parsing.parse_keys(" source_url , cert_index ") == ("source_url", "cert_index")
 
     @pytest.mark.parametrize("text", ["", " ", "a,,b", ","])
     def test_refuses_empty_names(self, text):
         with pytest.raises(InvalidInputError, match="one or more column names"):
-            plan.parse_keys(text)
+            parsing.parse_keys(text)
 
     def test_refuses_a_repeated_name(self):
         with pytest.raises(InvalidInputError, match="names a more than once"):
-            plan.parse_keys("a,b,a")
+            parsing.parse_keys("a,b,a")
 
     @pytest.mark.parametrize("value", [0, -1])
     def test_batch_rows_must_be_positive(self, value):
         with pytest.raises(InvalidInputError, match="positive"):
-            plan.parse_batch_rows(value)
+            parsing.parse_batch_rows(value)
 
 
 class TestSchemas:
     def test_identical_schemas_pass_and_list_not_null_columns(self):
-        cols = plan.columns_of(MAIN)
-        required = plan.check_compatible(cols, cols, ["source_url", "cert_index"])
+        cols = schema.columns_of(MAIN)
+        required = schema.check_compatible(cols, cols, ["source_url", "cert_index"])
         assert required == ["source_url", "cert_index", "all_domains"]
 
     def test_column_order_and_metadata_do_not_matter(self):
         staging = json.loads(MAIN)
         staging["fields"].reverse()
         staging["fields"][0]["metadata"] = {"comment": "x"}
-        plan.check_compatible(plan.columns_of(MAIN), plan.columns_of(staging), ["cert_index"])
+        schema.check_compatible(schema.columns_of(MAIN), schema.columns_of(staging), ["cert_index"])
 
     def test_nullable_staging_into_not_null_main_is_allowed(self):
-        staging = schema(
+        staging = schema_json(
             ("source_url", "string", True),
             ("cert_index", "long", True),
             (
@@ -70,7 +73,7 @@ class TestSchemas:
             ),
             ("note", "string", True),
         )
-        plan.check_compatible(plan.columns_of(MAIN), plan.columns_of(staging), ["cert_index"])
+        schema.check_compatible(schema.columns_of(MAIN), schema.columns_of(staging), ["cert_index"])
 
     @pytest.mark.parametrize(
         ("main_nested", "staging_nested", "fits"),
@@ -93,23 +96,25 @@ class TestSchemas:
                 "valueType": {"type": "array", "elementType": struct, "containsNull": nested},
                 "valueContainsNull": nested,
             }
-            return plan.columns_of(schema(("cert_index", "long", False), ("m", mapping, True)))
+            return schema.columns_of(
+                schema_json(("cert_index", "long", False), ("m", mapping, True))
+            )
 
         if fits:
-            plan.check_compatible(table(main_nested), table(staging_nested), ["cert_index"])
+            schema.check_compatible(table(main_nested), table(staging_nested), ["cert_index"])
         else:
             with pytest.raises(InvalidInputError, match="column types differ: m"):
-                plan.check_compatible(table(main_nested), table(staging_nested), ["cert_index"])
+                schema.check_compatible(table(main_nested), table(staging_nested), ["cert_index"])
 
     @pytest.mark.parametrize(
         ("staging", "message"),
         [
             (
-                schema(("source_url", "string", False), ("cert_index", "long", False)),
+                schema_json(("source_url", "string", False), ("cert_index", "long", False)),
                 "main has columns staging lacks: all_domains, note",
             ),
             (
-                schema(
+                schema_json(
                     ("source_url", "string", False),
                     ("cert_index", "long", False),
                     (
@@ -123,7 +128,7 @@ class TestSchemas:
                 "staging has columns main lacks: extra",
             ),
             (
-                schema(
+                schema_json(
                     ("source_url", "string", False),
                     ("cert_index", "string", False),
                     (
@@ -139,42 +144,46 @@ class TestSchemas:
     )
     def test_mismatches_are_named(self, staging, message):
         with pytest.raises(InvalidInputError, match=message):
-            plan.check_compatible(plan.columns_of(MAIN), plan.columns_of(staging), ["cert_index"])
+            schema.check_compatible(
+                schema.columns_of(MAIN), schema.columns_of(staging), ["cert_index"]
+            )
 
     def test_missing_key_column(self):
         with pytest.raises(InvalidInputError, match="staging has no key column nope"):
-            plan.check_keys(plan.columns_of(MAIN), ["cert_index", "nope"], "staging")
+            schema.check_keys(schema.columns_of(MAIN), ["cert_index", "nope"], "staging")
 
     def test_key_column_of_unsupported_type(self):
         with pytest.raises(InvalidInputError, match="all_domains in main has type array"):
-            plan.check_keys(plan.columns_of(MAIN), ["all_domains"], "main")
+            schema.check_keys(schema.columns_of(MAIN), ["all_domains"], "main")
 
     def test_partitioning_of_a_new_main(self):
-        with_date = plan.columns_of(schema(("seen_date", "string", False), ("k", "long", False)))
-        assert plan.partition_for_new_main(with_date, ()) == ["seen_date"]
-        assert plan.partition_for_new_main(plan.columns_of(MAIN), ()) == []
-        assert plan.partition_for_new_main(with_date, ("k",)) == ["k"]
+        with_date = schema.columns_of(
+            schema_json(("seen_date", "string", False), ("k", "long", False))
+        )
+        assert schema.partition_for_new_main(with_date, ()) == ["seen_date"]
+        assert schema.partition_for_new_main(schema.columns_of(MAIN), ()) == []
+        assert schema.partition_for_new_main(with_date, ("k",)) == ["k"]
         with pytest.raises(InvalidInputError, match="--partition-by names x"):
-            plan.partition_for_new_main(with_date, ("x",))
+            schema.partition_for_new_main(with_date, ("x",))
 
 
 class TestPredicates:
     TYPES = {"source_url": "string", "cert_index": "long", "day": "date"}
 
     def test_literals_are_exact_and_escaped(self):
-        assert plan.sql_literal("it's", "string") == "'it''s'"
-        assert plan.sql_literal(-5, "long") == "-5"
-        assert plan.sql_literal(dt.date(2025, 1, 2), "date") == "CAST(20090 AS DATE)"
+        assert predicates.sql_literal("it's", "string") == "'it''s'"
+        assert predicates.sql_literal(-5, "long") == "-5"
+        assert predicates.sql_literal(dt.date(2025, 1, 2), "date") == "CAST(20090 AS DATE)"
         with pytest.raises(TypeError):
-            plan.sql_literal("5", "long")
+            predicates.sql_literal("5", "long")
         with pytest.raises(TypeError):
-            plan.sql_literal(True, "integer")
+            predicates.sql_literal(True, "integer")
 
     def test_identifiers_are_quoted(self):
-        assert plan.quote_ident('we"ird') == '"we""ird"'
+        assert predicates.quote_ident('we"ird') == '"we""ird"'
 
     def test_range_predicate_has_a_term_per_prefix(self):
-        pred = plan.range_predicate(
+        pred = predicates.range_predicate(
             ["source_url", "cert_index"],
             self.TYPES,
             [KeyRange(("a",), 1, 5), KeyRange(("b",), 7, 7)],
@@ -186,22 +195,24 @@ class TestPredicates:
 
     def test_single_key_range(self):
         assert (
-            plan.range_predicate(["cert_index"], self.TYPES, [KeyRange((), 3, 9)])
+            predicates.range_predicate(["cert_index"], self.TYPES, [KeyRange((), 3, 9)])
             == '"cert_index" BETWEEN 3 AND 9'
         )
 
     def test_many_prefixes_collapse_to_column_bounds(self):
-        ranges = [KeyRange((f"u{i:03}",), i, i + 1) for i in range(plan.MAX_PREDICATE_GROUPS + 1)]
-        pred = plan.range_predicate(["source_url", "cert_index"], self.TYPES, ranges)
+        ranges = [
+            KeyRange((f"u{i:03}",), i, i + 1) for i in range(predicates.MAX_PREDICATE_GROUPS + 1)
+        ]
+        pred = predicates.range_predicate(["source_url", "cert_index"], self.TYPES, ranges)
         assert pred == (
             "\"cert_index\" BETWEEN 0 AND 65 AND \"source_url\" BETWEEN 'u000' AND 'u064'"
         )
 
     def test_no_ranges_no_predicate(self):
-        assert plan.range_predicate(["cert_index"], self.TYPES, []) is None
+        assert predicates.range_predicate(["cert_index"], self.TYPES, []) is None
 
     def test_keys_in_predicate_groups_by_prefix(self):
-        pred = plan.keys_in_predicate(
+        pred = predicates.keys_in_predicate(
             ["source_url", "cert_index"], self.TYPES, [("a", 2), ("b", 1), ("a", 1)]
         )
         assert pred == (
@@ -228,4 +239,7 @@ class TestImpliedFeatures:
         ],
     )  # fmt: skip
     def test_not_null_needs_invariants_listed(self, version, named, fields, missing):
-        assert plan.undeclared_features(version, named, plan.columns_of(schema(*fields))) == missing
+        assert (
+            schema.undeclared_features(version, named, schema.columns_of(schema_json(*fields)))
+            == missing
+        )

@@ -1,4 +1,4 @@
-"""KeyIndex (sorted integers per prefix) against a plain Python set of tuples, on random
+"""CodedKeys (sorted integers per prefix) against a plain Python set of tuples, on random
 keys: one to three key columns, NULLs, several chunks, strings, dates and unsigned ints."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from stagingmerge_merger import keyindex, keysets
+from stagingmerge_merger import keycodes, keysets
 
 NAMES = {1: ["k"], 2: ["url", "k"], 3: ["url", "day", "k"]}
 
@@ -58,7 +58,7 @@ def test_membership_counts_and_difference_match_a_set_of_tuples(seed, width, nul
     probe = pa.concat_tables([probe, held.slice(0, 50)])  # some hits for sure
     held_set = {t for t in tuples(held, names) if None not in t}
 
-    index = keyindex.KeyIndex.of(held, names)
+    index = keycodes.CodedKeys.of(held, names)
     assert index is not None and len(index) == len(held_set)
     found = index.contains(probe).tolist()
     assert found == [t in held_set and None not in t for t in tuples(probe, names)]
@@ -78,7 +78,7 @@ def test_membership_counts_and_difference_match_a_set_of_tuples(seed, width, nul
 
     if not nulls:
         counted = keysets.count(held, names)
-        assert counted.index is not None
+        assert counted.codes is not None
         new = counted.without(probe, names)
         probe_set = set(tuples(probe, names))
         expected = {t for t in held_set if t not in probe_set}
@@ -88,9 +88,9 @@ def test_membership_counts_and_difference_match_a_set_of_tuples(seed, width, nul
 
 def test_keys_whose_last_column_is_not_an_integer_use_arrow_joins():
     keys = pa.table({"url": ["a", "b", "b"], "name": ["x", "y", "y"]})
-    assert keyindex.KeyIndex.of(keys, ["url", "name"]) is None
+    assert keycodes.CodedKeys.of(keys, ["url", "name"]) is None
     counted = keysets.count(keys, ["url", "name"])
-    assert counted.index is None and counted.repeated.to_pylist() == [{"url": "b", "name": "y"}]
+    assert counted.codes is None and counted.repeated.to_pylist() == [{"url": "b", "name": "y"}]
     new = counted.without(pa.table({"url": ["a"], "name": ["x"]}), ["url", "name"])
     assert new.keys.to_pylist() == [{"url": "b", "name": "y"}]
     assert new.mask(keys).to_pylist() == [False, True, True]
@@ -102,20 +102,22 @@ def test_a_prefix_whose_keys_are_all_taken_away():
     new = keysets.count(keys, names).without(keys.slice(0, 2), names)
     assert new.keys.to_pylist() == [{"log": "b", "index": 8}]
     assert new.mask(keys).to_pylist() == [False, False, True]
-    index = keyindex.KeyIndex(("log", "index"), {("a",): np.zeros(0, np.int64)}, np.dtype(np.int64))
+    index = keycodes.CodedKeys(
+        ("log", "index"), {("a",): np.zeros(0, np.int64)}, np.dtype(np.int64)
+    )
     assert index.contains(keys).tolist() == [False, False, False]
 
 
 def test_prefixes_python_would_confuse_use_arrow_joins():
     # -0.0 == 0.0 in Python, two keys for Arrow; a float prefix is not held in an index
     keys = pa.table({"p": pa.array([0.0, -0.0]), "k": pa.array([1, 1], pa.int64())})
-    assert keyindex.KeyIndex.of(keys, ["p", "k"]) is None
+    assert keycodes.CodedKeys.of(keys, ["p", "k"]) is None
     assert len(keysets.count(keys, ["p", "k"])) == 2
 
 
 def test_empty_tables():
     empty = pa.table({"url": pa.array([], pa.string()), "k": pa.array([], pa.int64())})
-    index = keyindex.KeyIndex.of(empty, ["url", "k"])
+    index = keycodes.CodedKeys.of(empty, ["url", "k"])
     assert index is not None and len(index) == 0
     assert index.contains(empty).tolist() == []
     assert keysets.count(empty, ["url", "k"]).distinct.num_rows == 0
@@ -134,5 +136,5 @@ def test_empty_tables():
     ],
 )
 def test_arrow_of_equals_pyarrows_own_conversion(values):
-    converted = keyindex.arrow_of(values)
+    converted = keycodes.arrow_of(values)
     assert converted.equals(pa.array(values)) and converted.null_count == 0

@@ -291,7 +291,7 @@ def test_the_merge_reports_main_reads_and_points_at_clustering(tmp_path):
 def test_a_partition_whose_rewrite_conflicts_is_left_for_the_next_run(tmp_path, monkeypatch):
     """A conflicting commit cannot be timed from outside delta-rs, so the conflict is injected
     (the only mock here): that partition is skipped and counted, the next run rewrites it."""
-    from stagingmerge_merger.cluster import ClusterMetrics, ClusterRequest, run_cluster
+    from stagingmerge_merger.clustering import ClusterMetrics, ClusterRequest, run_cluster
     from stagingmerge_merger.delta import CommitConflictError, Table
     from stagingmerge_merger.storage import parse_location
 

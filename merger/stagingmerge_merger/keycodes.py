@@ -4,12 +4,12 @@ Keys whose last column is an integer (CT's `source_url, cert_index`, and most ev
 are held as, per prefix (the values of the other key columns), one sorted NumPy array of
 the last column's distinct values: 8 bytes a key instead of a Python tuple or an Arrow
 hash table. Membership of a batch of rows is a binary search per row (`np.searchsorted`),
-so one index serves every record batch of a span; Acero's joins rebuilt their hash table
+so one coded set serves every record batch of a span; Acero's joins rebuilt their hash table
 on every call, and that was most of a merge's CPU time after main's key scan.
 
-`KeyIndex.of` returns None for keys this cannot hold (`supports`); keysets.py then uses
+`CodedKeys.of` returns None for keys this cannot hold (`supports`); keysets.py then uses
 Arrow's joins.
-NULL never equals NULL: a NULL key is never in an index and never found in one.
+NULL never equals NULL: a NULL key is never held and never found.
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ import pyarrow.compute as pc
 
 from .keyvalues import as_number_array
 
-Prefix = tuple[Any, ...]
+KeyPrefix = tuple[Any, ...]
 
 
 def supports(schema: pa.Schema, names: Sequence[str]) -> bool:
-    """Whether keys of this schema can be held in a KeyIndex: an integer last column, and
+    """Whether keys of this schema can be held in a CodedKeys: an integer last column, and
     prefix columns whose values are equal in Python exactly when Arrow finds them equal
     (not floats, where -0.0 == 0.0; not timestamps, which may carry nanoseconds)."""
     *prefix, last = names
@@ -54,13 +54,13 @@ def _exact(kind: pa.DataType) -> bool:
 
 
 @dataclass(frozen=True)
-class KeyIndex:
+class CodedKeys:
     names: tuple[str, ...]
-    groups: dict[Prefix, np.ndarray]  # prefix -> sorted distinct values of the last column
+    groups: dict[KeyPrefix, np.ndarray]  # prefix -> sorted distinct values of the last column
     dtype: np.dtype[Any]
 
     @classmethod
-    def of(cls, keys: pa.Table, names: Sequence[str]) -> KeyIndex | None:
+    def of(cls, keys: pa.Table, names: Sequence[str]) -> CodedKeys | None:
         """The distinct keys of `keys` (any order, copies allowed), or None when they
         cannot be held this way."""
         if not supports(keys.schema, names):
@@ -83,7 +83,7 @@ class KeyIndex:
             found[where] = _find(held, coded.last[where])[1] & coded.valid[where]
         return found
 
-    def without(self, rows: pa.Table) -> KeyIndex:
+    def without(self, rows: pa.Table) -> CodedKeys:
         """These keys but those of `rows` (the anti-join, from the sorted side)."""
         if rows.num_rows == 0 or not self.groups:
             return self
@@ -100,16 +100,16 @@ class KeyIndex:
                 groups[prefix] = held[keep]
             else:
                 del groups[prefix]
-        return KeyIndex(self.names, groups, self.dtype)
+        return CodedKeys(self.names, groups, self.dtype)
 
     def table(self, schema: pa.Schema) -> pa.Table:
         """The keys as an Arrow table of `schema` (the key columns), prefix by prefix."""
         return _concat(schema, [_table(schema, p, v) for p, v in self.groups.items() if len(v)])
 
 
-def counted(keys: pa.Table, names: Sequence[str]) -> tuple[KeyIndex, pa.Table] | None:
+def counted(keys: pa.Table, names: Sequence[str]) -> tuple[CodedKeys, pa.Table] | None:
     """(every key once, as an index; the keys that occur more than once, as a table of the
-    key columns), by sorting integers. None when the keys cannot be held in a KeyIndex or
+    key columns), by sorting integers. None when the keys cannot be held in a CodedKeys or
     one is NULL (audited out of staging; Arrow's group_by then counts them)."""
     if not supports(keys.schema, names):
         return None
@@ -119,7 +119,7 @@ def counted(keys: pa.Table, names: Sequence[str]) -> tuple[KeyIndex, pa.Table] |
     return _counted(coded, keys.select(list(names)).schema)
 
 
-def _counted(coded: _Coded, schema: pa.Schema) -> tuple[KeyIndex, pa.Table]:
+def _counted(coded: _Coded, schema: pa.Schema) -> tuple[CodedKeys, pa.Table]:
     """The index of the coded rows' valid keys, and the keys they hold more than once."""
     groups, repeated = {}, []
     for prefix, values in coded.by_prefix().items():
@@ -128,7 +128,7 @@ def _counted(coded: _Coded, schema: pa.Schema) -> tuple[KeyIndex, pa.Table]:
             groups[prefix] = distinct
         if (counts > 1).any():
             repeated.append(_table(schema, prefix, distinct[counts > 1]))
-    return KeyIndex(tuple(schema.names), groups, coded.dtype), _concat(schema, repeated)
+    return CodedKeys(tuple(schema.names), groups, coded.dtype), _concat(schema, repeated)
 
 
 def _find(held: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -144,7 +144,7 @@ class _Coded:
     integers; `valid` is False where any key column is NULL."""
 
     codes: np.ndarray
-    prefixes: list[Prefix]
+    prefixes: list[KeyPrefix]
     last: np.ndarray
     valid: np.ndarray
     dtype: np.dtype[Any]
@@ -157,7 +157,7 @@ class _Coded:
             dtype = np.dtype(np.uint64 if pa.types.is_uint64(last.type) else np.int64)
         valid = pc.is_valid(last).to_numpy() if last.null_count else np.ones(rows.num_rows, bool)
         codes = np.zeros(rows.num_rows, dtype=np.int64)
-        prefixes: list[Prefix] = [()]
+        prefixes: list[KeyPrefix] = [()]
         for name in prefix_names:
             # numbered column by column, kept dense (< rows) so no number ever overflows
             encoded = pc.dictionary_encode(rows[name]).combine_chunks()
@@ -176,7 +176,7 @@ class _Coded:
         integers = np.asarray(filled.to_numpy()).astype(dtype, copy=False)
         return cls(codes, prefixes, integers, valid, dtype)
 
-    def rows_by_prefix(self) -> dict[Prefix, np.ndarray]:
+    def rows_by_prefix(self) -> dict[KeyPrefix, np.ndarray]:
         """Per prefix, the positions of its rows."""
         if len(self.prefixes) == 1:
             return {self.prefixes[0]: np.arange(len(self.codes))}
@@ -184,7 +184,7 @@ class _Coded:
         bounds = np.searchsorted(self.codes[order], np.arange(len(self.prefixes) + 1))
         return {prefix: order[bounds[i] : bounds[i + 1]] for i, prefix in enumerate(self.prefixes)}
 
-    def by_prefix(self) -> dict[Prefix, np.ndarray]:
+    def by_prefix(self) -> dict[KeyPrefix, np.ndarray]:
         """Per prefix, the last column's values of its rows without a NULL key column."""
         return {
             prefix: self.last[where[self.valid[where]]]
@@ -212,7 +212,7 @@ def _unique(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ordered[starts], np.diff(np.append(starts, len(ordered)))
 
 
-def _table(schema: pa.Schema, prefix: Prefix, values: np.ndarray) -> pa.Table:
+def _table(schema: pa.Schema, prefix: KeyPrefix, values: np.ndarray) -> pa.Table:
     columns = [
         pa.repeat(pa.scalar(v, type=schema.field(i).type), len(values))
         for i, v in enumerate(prefix)

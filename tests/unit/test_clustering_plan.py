@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from stagingmerge_merger.cluster import MARK, plan, recorded_files
+from stagingmerge_merger.clustering import MARK, plan, recorded_files
 
 BY = ("source_url", "cert_index")
 
@@ -37,7 +37,7 @@ def test_an_unpartitioned_table_is_one_partition_never_skipped():
 def test_partition_values_are_spelled_as_delta_rs_filters_read_them():
     from datetime import date
 
-    from stagingmerge_merger.cluster import value_text
+    from stagingmerge_merger.clustering import value_text
 
     assert [value_text(v) for v in (True, False, 7, "a b", date(2026, 1, 2))] == [
         "true",

@@ -30,13 +30,14 @@ from urllib.parse import unquote
 import pyarrow as pa
 import structlog
 
-from . import __version__, failpoints, keysets, plan, repairs, selection
-from .contract import REPAIRS_DIR, MergeMetrics, Outcome
-from .delta import CommitConflictError, Table, plain_schema
-from .errors import MergeError
-from .mainfiles import Box, MainFiles
-from .metrics import BatchResult
-from .storage import Location, Prefix
+from .. import __version__, failpoints, keysets, predicates, repairs, schema
+from ..contract import REPAIRS_DIR, MergeMetrics, Outcome
+from ..delta import CommitConflictError, Table, plain_schema
+from ..errors import MergeError
+from ..mainfiles import Box, MainFiles
+from ..reporting import BatchResult
+from ..storage import Location, Prefix
+from . import stream
 
 log = structlog.get_logger("stagingmerge.merge")
 
@@ -101,7 +102,7 @@ class Target:
 
 
 @dataclass
-class Span:
+class SpanKeys:
     """The keys one span inserts: what the guard checks other writers' commits against."""
 
     wanted: keysets.Members  # the span's keys main did not hold at `base`
@@ -121,7 +122,7 @@ class MainWriter:
         target: pa.Schema,
         metrics: MergeMetrics,
         reopen: Callable[[], Table | None],
-        staging_columns: dict[str, plan.Column],
+        staging_columns: dict[str, schema.Column],
     ) -> None:
         self.goal = goal
         self.main = main
@@ -142,7 +143,7 @@ class MainWriter:
             self.main = self.reopen()
         return self.main.latest_version() if self.main else -1
 
-    def keys_within(self, ranges: list[plan.KeyRange]) -> pa.Table:
+    def keys_within(self, ranges: list[predicates.KeyRange]) -> pa.Table:
         """main's keys within `ranges` (none when there is no main), and what reading them
         cost (metrics)."""
         schema = self.goal.key_schema
@@ -151,22 +152,22 @@ class MainWriter:
         names = self.goal.keys
         if self.files is None or self.files.version != self.main.version:
             self.files = MainFiles.of(self.main, names, known=self.files)
-        boxes = plan.predicate_boxes(names, ranges)
+        boxes = predicates.predicate_boxes(names, ranges)
         touched = self.files.touched(boxes)
         self.metrics.main_key_scans += 1
         self.metrics.main_files = len(self.files.files)
         self.metrics.main_files_scanned += len(touched)
         self.metrics.main_key_bytes_read += self.files.key_bytes(touched, boxes)
-        predicate = plan.range_predicate(names, self.goal.key_types, ranges)
+        predicate = predicates.range_predicate(names, self.goal.key_types, ranges)
         return self.main.scan(names, predicate).cast(schema)
 
     # --- one span's commits ----------------------------------------------------------
 
     def commit_span(
         self,
-        pieces: selection.Pieces,
-        span: Span,
-        tally: selection.SpanTally,
+        pieces: stream.Pieces,
+        span: SpanKeys,
+        tally: stream.SpanTally,
         record: Callable[[BatchResult], None],
         stop_if_asked: Callable[[], None],
     ) -> None:
@@ -177,7 +178,7 @@ class MainWriter:
         goes to `record` (the span's last batch takes what is left of the tally)."""
         names = self.goal.keys
         ranges = span.wanted.ranges()
-        boxes = plan.predicate_boxes(names, ranges)
+        boxes = predicates.predicate_boxes(names, ranges)
         versions = Versions.at(span.base)
         own_files: set[str] = set()  # files our commits added: never read back (our keys)
         taken = self.goal.key_schema.empty_table()  # keys other writers added meanwhile
@@ -198,9 +199,9 @@ class MainWriter:
                 others = versions.others_since_ours(main.version)
                 taken = self._catch_up(taken, span.wanted.keys, ranges, boxes, own_files)
                 versions.caught_up(main.version)
-            rows = selection.without_keys(piece, taken, names) if taken.num_rows else piece
+            rows = stream.without_keys(piece, taken, names) if taken.num_rows else piece
             committed = main.append(
-                _then_failpoint(selection.keeping_keys(rows, names, written)),
+                _then_failpoint(stream.keeping_keys(rows, names, written)),
                 self.target,
                 self._metadata(),
             )
@@ -254,7 +255,7 @@ class MainWriter:
         self,
         taken: pa.Table,
         new: pa.Table,
-        ranges: list[plan.KeyRange],
+        ranges: list[predicates.KeyRange],
         boxes: list[Box],
         own_files: set[str],
     ) -> pa.Table:
@@ -383,7 +384,7 @@ class MainWriter:
             # another writer (another shard, a concurrent merge) created it first
             self.main = self.reopen()
             assert self.main is not None
-            plan.check_compatible(self.main.columns(), self.staging_columns, goal.keys)
+            schema.check_compatible(self.main.columns(), self.staging_columns, goal.keys)
             self.target = plain_schema(self.main.arrow_schema())
             log.info("another writer created main meanwhile; appending to it", main=str(goal.main))
             return False
@@ -463,7 +464,7 @@ class MainWriter:
         tuples = keysets.key_tuples(owed.keys, names)
         for start in range(0, len(tuples), REPAIR_CHUNK):
             chunk = tuples[start : start + REPAIR_CHUNK]
-            where = plan.keys_in_predicate(names, self.goal.key_types, chunk)
+            where = predicates.keys_in_predicate(names, self.goal.key_types, chunk)
             theirs = _one_per_key((earlier or self.main).scan(None, where), names)
             for attempt in range(1, REPAIR_ATTEMPTS + 1):
                 try:

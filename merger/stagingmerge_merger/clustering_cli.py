@@ -1,4 +1,4 @@
-"""`stagingmerge-cluster`: cluster main's partitions by the key (cluster.py does the work).
+"""`stagingmerge-cluster`: cluster main's partitions by the key (clustering.py does the work).
 
 Same conventions as `stagingmerge-merge`: exit 0 done or nothing to do, 1 worth retrying
 (storage trouble, a signal: the rerun carries on), 2 invalid input; the metrics JSON on
@@ -13,9 +13,9 @@ import argparse
 from collections.abc import Sequence
 from typing import NoReturn
 
-from . import contract, plan
+from . import contract, parsing
 from .cli import Parser, StopFlag, add_common_options, leave, run_command, storage_options_from
-from .cluster import DEFAULT_SPILL_BYTES, ClusterMetrics, ClusterRequest, run_cluster
+from .clustering import DEFAULT_SPILL_BYTES, ClusterMetrics, ClusterRequest, run_cluster
 from .errors import InvalidInputError
 from .storage import parse_location
 
@@ -71,15 +71,15 @@ def request_from_args(args: argparse.Namespace) -> ClusterRequest:
         raise InvalidInputError(f"--max-partitions must be 1 or more, not {args.max_partitions}")
     return ClusterRequest(
         main=parse_location(args.main),
-        by=plan.parse_keys(args.by),
+        by=parsing.parse_keys(args.by),
         skip_newest=args.skip_newest,
         max_partitions=args.max_partitions,
         dry_run=args.dry_run,
         storage_options=storage_options_from(args),
-        target_size=plan.parse_size(args.target_size, "--target-size")
+        target_size=parsing.parse_size(args.target_size, "--target-size")
         if args.target_size
         else None,
-        max_spill_size=plan.parse_size(args.max_spill_size, "--max-spill-size")
+        max_spill_size=parsing.parse_size(args.max_spill_size, "--max-spill-size")
         if args.max_spill_size
         else DEFAULT_SPILL_BYTES,
     )

@@ -31,8 +31,7 @@ from typing import Any
 
 import structlog
 
-from . import failpoints
-from . import plan as key_plan
+from . import failpoints, schema
 from .contract import DEFAULT_KEYS, Outcome, fit_json
 from .delta import CommitConflictError, Table, TableNotFoundError
 from .errors import InvalidInputError, MergeInterruptedError
@@ -224,7 +223,7 @@ def _open(request: ClusterRequest) -> Table:
 
 
 def _check(table: Table, request: ClusterRequest, partition_columns: Sequence[str]) -> None:
-    key_plan.check_keys(table.columns(), request.by, "main")
+    schema.check_keys(table.columns(), request.by, "main")
     inside = [c for c in request.by if c in partition_columns]
     if inside:
         raise InvalidInputError(

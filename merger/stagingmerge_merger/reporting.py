@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .contract import TERMINATION_LOG
+from .contract import TERMINATION_LOG, MergeMetrics
 
 
 @dataclass(frozen=True)
@@ -37,3 +37,16 @@ def default_metrics_path() -> Path | None:
         if TERMINATION_LOG.exists() and os.access(TERMINATION_LOG, os.W_OK)
         else None
     )
+
+
+def count(metrics: MergeMetrics, result: BatchResult) -> None:
+    """Add one batch's result to the run's metrics."""
+    metrics.batches += 1
+    metrics.staging_rows += result.rows
+    metrics.inserted += result.inserted
+    metrics.skipped_existing += result.skipped_existing
+    metrics.skipped_duplicates += result.skipped_duplicates
+    metrics.concurrent_commits += result.concurrent_commits
+    metrics.duplicates_repaired += result.repaired
+    if result.version is not None:
+        metrics.main_version_after = result.version

@@ -15,8 +15,8 @@ from dataclasses import dataclass, replace
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import keysets
-from .metrics import BatchResult
+from .. import keysets
+from ..reporting import BatchResult
 
 
 def rows_to_insert(
