@@ -135,7 +135,7 @@ class MergeMetrics:
     concurrent_commits: int = _f(0, SUM)
     duplicates_repaired: int = _f(0, SUM)
     commit_retries: int = _f(0, SUM)
-    # main-side cost (mainfiles.py): scans of main's key columns, the files they could not
+    # main-side cost (keycost.py): scans of main's key columns, the files they could not
     # skip (summed over scans), the key-column bytes of those files, main's file count
     main_key_scans: int = _f(0, SUM)
     main_files_scanned: int = _f(0, SUM)

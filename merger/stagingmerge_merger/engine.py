@@ -31,7 +31,7 @@ from . import reporting
 from .contract import MergeMetrics, Outcome
 from .delta import Table
 from .errors import MergeInterruptedError
-from .mainfiles import warn_if_unclustered
+from .keycost import warn_if_unclustered
 from .reporting import BatchResult
 from .request import MergeRequest
 from .stages import commits, finish, span, stream

@@ -39,7 +39,6 @@ import datetime as dt
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from urllib.parse import unquote
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -47,8 +46,8 @@ import pyarrow.parquet as pq
 import structlog
 
 from .delta import Table
+from .delta.files import FileStat, footer_of, parquet_file
 from .errors import InvalidInputError
-from .mainfiles import FileStat, RangeFile, footer_of
 from .storage import Prefix
 
 log = structlog.get_logger("stagingmerge.merge")
@@ -213,8 +212,7 @@ def _misread(
             wanted.append((logical, name, wraps, julian))
     if not wanted:
         return None
-    source = RangeFile(prefix, unquote(stat.path), stat.size)
-    rows = pq.ParquetFile(source, coerce_int96_timestamp_unit="us").read(
+    rows = parquet_file(prefix, stat, coerce_int96_timestamp_unit="us").read(
         columns=[name for _, name, _, _ in wanted]
     )
     for logical, name, wraps, julian in wanted:

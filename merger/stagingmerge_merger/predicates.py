@@ -93,7 +93,7 @@ def predicate_boxes(
     keys: Sequence[str], ranges: Sequence[KeyRange]
 ) -> list[tuple[tuple[Any, ...], tuple[Any, ...]]]:
     """The (lows, highs) per key column of each disjunct `range_predicate` writes for the
-    same ranges: what delta-rs prunes files with (mainfiles.py mirrors it)."""
+    same ranges: what delta-rs prunes files with (delta/files.py mirrors it)."""
     if not ranges:
         return []
     if len(ranges) <= MAX_PREDICATE_GROUPS:

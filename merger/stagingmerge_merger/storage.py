@@ -2,7 +2,7 @@
 
 Everything that touches storage *outside* the Delta protocol is here (listing a
 staging prefix, writing the completion marker, deleting objects); reading and
-writing the tables themselves is `delta.py`'s job. obstore shares delta-rs's
+writing the tables themselves is the delta package's job. obstore shares delta-rs's
 `object_store` crate, so the same storage options and environment variables
 (AWS_*, AZURE_*, GOOGLE_*) serve both.
 """

@@ -15,7 +15,7 @@ from typing import Any
 from stagingmerge_merger import contract
 from stagingmerge_merger.contract import MergeMetrics, Reason
 
-from .shards import parse_indexes
+from .shardstatus import parse_indexes
 
 # phases (status.phase, the "Status" printer column)
 QUEUED = "Queued"
@@ -131,19 +131,21 @@ _FAILED_AS = {
 
 
 def outcome_of(job: JobState, metrics: Mapping[str, Any] | None) -> Outcome:
-    outcome = (metrics or {}).get("outcome")
+    report = MergeMetrics.from_report(dict(metrics)) if metrics else None
+    outcome = report.outcome if report else None
     if job.finished and job.succeeded and outcome == contract.Outcome.STAGING_CHANGED:
         # shards that each succeeded, on different versions of staging: not a whole merge
-        return Outcome(FAILED, R_MERGE_FAILED, str((metrics or {}).get("error")))
+        return Outcome(FAILED, R_MERGE_FAILED, str(report.error if report else None))
     if job.finished and job.succeeded:
         m = metrics or {}
         if outcome == contract.Outcome.NOTHING_TO_MERGE:
             return Outcome(SUCCEEDED, R_NOTHING, "nothing to merge: staging is missing or empty")
         return Outcome(SUCCEEDED, R_MERGED, summary(m) if m else "merge finished")
     if job.finished:
-        error = (metrics or {}).get("error")
+        error = report.error if report else None
         if outcome in _FAILED_AS:  # outcomes with a reason of their own
-            return Outcome(FAILED, contract.REASON[outcome], error or _FAILED_AS[outcome])
+            own = contract.Outcome(outcome)
+            return Outcome(FAILED, contract.REASON[own], error or _FAILED_AS[own])
         if job.failure_reason == R_DEADLINE:  # the Job controller says it with the same word
             return Outcome(
                 FAILED, R_DEADLINE, job.failure_message or "activeDeadlineSeconds passed"

@@ -6,15 +6,14 @@ Start with `stagingmerge-operator` (see main.py) or `kopf run -m stagingmerge_op
 from __future__ import annotations
 
 import logging
-import threading
 from typing import Any
 
 import kopf
 
 from . import GROUP, PLURAL, VERSION, metrics
 from . import config as config_module
+from .informer import Informer
 from .jobs import JOB_SELECTOR
-from .jobwatch import JobWatch
 from .kube import Kube
 from .reconcile import Reconciler
 
@@ -29,38 +28,11 @@ def reconciler() -> Reconciler:
     return _reconciler
 
 
-class _Poller:
-    """One operator-level loop instead of a kopf timer per object: queued, suspended and
-    running merges re-check their turn and their Job every QUEUE_POLL_SECONDS, which also
-    heals anything a failed API call or a missed event left behind.
-
-    A kopf timer would put kopf's finalizer on every unfinished StagingMerge, so deleting
-    one (or its namespace, or the release) would hang while the operator is down. This
-    loop needs no finalizer: the operator can be gone and deletion still completes."""
-
-    def __init__(self) -> None:
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="queue-poller", daemon=True)
-            self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _loop(self) -> None:
-        log = logging.getLogger("stagingmerge.operator")
-        while not self._stop.wait(CONFIG.queue_poll_seconds):
-            try:
-                reconciler().reconcile_unfinished()
-            except Exception:  # the next round tries again
-                log.exception("polling unfinished StagingMerges failed")
-
-
-_poller = _Poller()
-_job_watch: JobWatch | None = None
+# The informer (informer.py) delivers the merge Jobs' events (watched with a server-side
+# label selector: kopf's Job handlers would list and watch every Job of the cluster) and
+# the periodic resync of unfinished merges (no kopf timer: it would put a finalizer on
+# every StagingMerge, and deleting one would hang while the operator is down).
+_informer: Informer | None = None
 
 
 @kopf.on.startup()
@@ -81,17 +53,16 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # a watch that went silent (a dropped connection nobody closed) is restarted
     settings.watching.client_timeout = 360
     metrics.serve(CONFIG.metrics_port)
-    _poller.start()
-    global _job_watch  # the merge Jobs, selected by the API server (not kopf's client side)
-    _job_watch = JobWatch(
+    global _informer  # one thread per scope: Job events, and the resync every poll period
+    _informer = Informer(
         Kube(timeout_seconds=CONFIG.api_timeout_seconds),
         CONFIG.namespaces,
         ",".join(f"{k}={v}" for k, v in JOB_SELECTOR.items()),
-        lambda namespace, name: reconciler().reconcile(namespace, name),
-        server_timeout=settings.watching.server_timeout or 300,
-        client_timeout=settings.watching.client_timeout or 360,
+        on_job=lambda namespace, name: reconciler().reconcile(namespace, name),
+        resync=lambda: reconciler().reconcile_unfinished(),
+        poll_seconds=CONFIG.queue_poll_seconds,
     )
-    _job_watch.start()
+    _informer.start()
     logging.getLogger("stagingmerge.operator").info(
         "operator configured: namespaces=%s default_image=%s",
         ",".join(CONFIG.namespaces) or "<all>",
@@ -108,7 +79,6 @@ def merge_changed(namespace: str | None, name: str, **_: Any) -> None:
 
 
 @kopf.on.cleanup()
-def stop_polling(**_: Any) -> None:
-    _poller.stop()
-    if _job_watch is not None:
-        _job_watch.stop()
+def stop_informer(**_: Any) -> None:
+    if _informer is not None:
+        _informer.stop()

@@ -21,7 +21,7 @@ import urllib3
 from kubernetes.client.exceptions import ApiException
 
 from . import API_VERSION, GROUP, KIND, PLURAL, VERSION
-from .shards import ShardPod
+from .shardstatus import ShardPod
 
 log = logging.getLogger("stagingmerge.operator")
 T = TypeVar("T")
@@ -266,28 +266,49 @@ class Kube:
             ),
         )
 
-    def job_events(
-        self, namespace: str | None, selector: str, server_timeout: int, client_timeout: float
-    ) -> Iterator[dict[str, Any]]:
-        """List the selected Jobs (as ADDED events), then watch them from that list's
-        resourceVersion until the server ends the watch. The label selector is applied
-        by the API server: Jobs of others never reach the operator."""
+    def _job_listing(self, namespace: str | None) -> Callable[..., Any]:
         if namespace is None:
-            listing = functools.partial(self._batch.list_job_for_all_namespaces)
-        else:
-            listing = functools.partial(self._batch.list_namespaced_job, namespace)
+            return functools.partial(self._batch.list_job_for_all_namespaces)
+        return functools.partial(self._batch.list_namespaced_job, namespace)
+
+    def job_snapshot(
+        self, namespace: str | None, selector: str
+    ) -> tuple[list[dict[str, Any]], str]:
+        """The selected Jobs of one scope (a namespace, or all of them) and the list's
+        resourceVersion, to watch from. The label selector is applied by the API server:
+        Jobs of others never reach the operator."""
+        listing = self._job_listing(namespace)
         listed = _retrying(lambda: listing(label_selector=selector, _request_timeout=self._timeout))
-        for job in listed.items or []:
-            yield {"type": "ADDED", "object": self._plain(job)}
+        jobs = [self._plain(job) for job in listed.items or []]
+        return jobs, str(listed.metadata.resource_version)
+
+    def watch_jobs(
+        self,
+        namespace: str | None,
+        selector: str,
+        resource_version: str,
+        timeout_seconds: int,
+        request_timeout: float,
+    ) -> Iterator[dict[str, Any]]:
+        """One watch window of the selected Jobs from `resource_version`, until the server
+        ends it after `timeout_seconds`. Events come as plain dicts, `{"type", "object"}`;
+        each object's metadata.resourceVersion (BOOKMARKs included, which carry nothing
+        else) is where the next window resumes. A 410 Gone, or any other ERROR event, is
+        raised as ApiException by the client (which never retries when a timeout is
+        given); older clients yield it as an ERROR event, which the caller handles too."""
         stream = kubernetes.watch.Watch().stream(
-            listing,
+            self._job_listing(namespace),
             label_selector=selector,
-            resource_version=listed.metadata.resource_version,
-            timeout_seconds=server_timeout,
-            _request_timeout=client_timeout,
+            resource_version=resource_version,
+            allow_watch_bookmarks=True,
+            timeout_seconds=timeout_seconds,
+            _request_timeout=request_timeout,
         )
-        for event in stream:
-            yield {"type": event["type"], "object": self._plain(event["object"])}
+        try:
+            for event in stream:
+                yield {"type": event["type"], "object": self._plain(event["object"])}
+        finally:
+            stream.close()  # closes the response now, also when the caller stops early
 
     def termination_message(
         self, namespace: str, job_name: str, container: str, succeeded: bool

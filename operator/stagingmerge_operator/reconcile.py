@@ -4,7 +4,7 @@
 its Job, decides, acts at most once (creating a Job whose name is fixed by the
 resource and generation, so a replay or a restart finds it instead), and writes
 the status with an optimistic-concurrency precondition. Every handler (create,
-resume, update, the queue timer, Job events) calls it; they can race safely.
+resume, update, the informer's Job events and resync) calls it; they can race safely.
 
 Run policy (`spec.runPolicy`):
 - `Once` (default): one successful run per StagingMerge. Spec changes after the
@@ -21,13 +21,21 @@ deletes finished merges after their TTL. A reconcile that ends a run frees a slo
 main; `reconcile` then starts the merges queued on it, in a loop of its own, not from
 inside the status write.
 
-Threads: kopf delivers the StagingMerge events (create, resume, spec update) on its
-executor; jobwatch.py watches the merge Jobs with a server-side selector (kopf's Job
-handlers would list every Job of the cluster); the poller (handlers._Poller) re-checks
-unfinished merges instead of a kopf timer, which would put a finalizer on every object;
-leader.py holds the lease. Every one of them calls `reconcile`, which is safe to run
-concurrently: writes are conditional on the resourceVersion, Job names are fixed, and
-check-then-create on one main is serialised by a lock per main.
+Threads: kopf is kept for what it does well, the StagingMerges' own events: it delivers
+create, resume and spec update on its executor. Everything else is one informer thread
+per scope (informer.py): it watches the merge Jobs with a server-side label selector
+(kopf's Job handlers would list and watch every Job of the cluster and filter them
+client-side) and, after each watch window of one poll period, the first scope's thread
+runs the resync (`reconcile_unfinished`, over every watched namespace) that a kopf timer
+would otherwise do per object, putting a finalizer on every one (so there is no timer,
+and must be none). leader.py's lease thread renews leadership, apart from the rest so
+that a slow reconcile never loses the lease. In the default cluster-wide install that is
+2 threads of the operator's own beside kopf's loop and executor (and the metrics
+server's): the informer and the lease, where there were 3 (a Job watch, a poller, the
+lease); with N watched namespaces, N+1 where there were N+2. Each of them calls
+`reconcile`, which is safe to run concurrently: writes are conditional on the
+resourceVersion, Job names are fixed, and check-then-create on one main is serialised by
+a lock per main.
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ from typing import Any
 from stagingmerge_merger.contract import parse_report
 
 from . import conditions as c
-from . import metrics, queue, shards
+from . import metrics, queue, shardstatus
 from .config import OperatorConfig
 from .expiry import Expirer
 from .jobs import CONTAINER, LABEL_MAIN, LABEL_MANAGED_BY, MANAGED_BY, build_job, main_key
@@ -84,7 +92,7 @@ class Reconciler:
                 try:
                     if key := self._reconcile_one(*queued):
                         freed.append(key)
-                except Exception:  # the poller will try again
+                except Exception:  # the next resync tries again
                     log.exception("could not start queued %s/%s", *queued)
 
     def _reconcile_one(self, namespace: str, name: str) -> str | None:
@@ -247,8 +255,8 @@ class Reconciler:
                 for index, pod in pods.items()
                 if (found := parse_report(pod.message)) is not None
             }
-            run_metrics = shards.sum_metrics([per_shard[i] for i in sorted(per_shard)])
-            extra["shards"] = shards.shard_statuses(
+            run_metrics = shardstatus.sum_metrics([per_shard[i] for i in sorted(per_shard)])
+            extra["shards"] = shardstatus.shard_statuses(
                 state.completions, state.completed_indexes, state.failed_indexes, pods, per_shard
             )
         else:

@@ -71,8 +71,9 @@ def test_job_events_are_selected_by_the_server_and_survive_410(
     kubectl: Kubectl, runner, tmp_path,
 ) -> None:  # fmt: skip
     """The merge Jobs' watch sends its label selector to the API server (no other Job
-    reaches the operator) and lists again after 410 Gone. The poller is set to an hour, so
-    only the watch can move this merge along."""
+    reaches the operator) and lists again after 410 Gone. The poll period is an hour (one
+    watch window and one resync an hour), so only the Job events can move this merge
+    along."""
     main, staging = tmp_path / "main", tmp_path / "staging"
     write(main, ct([0] * 3, range(3), seed=1))
     write(staging, ct([0] * 4, range(2, 6), seed=2))

@@ -14,7 +14,7 @@ import pytest
 from stagingmerge_merger import contract
 from stagingmerge_merger.contract import EXIT_CODE, REASON, MergeMetrics, Outcome
 from stagingmerge_operator import conditions
-from stagingmerge_operator.shards import sum_metrics
+from stagingmerge_operator.shardstatus import sum_metrics
 
 MERGE_OUTCOMES = [
     o for o in Outcome if o not in (Outcome.CLUSTERED, Outcome.CONFLICTED, Outcome.NOTHING_TO_DO)

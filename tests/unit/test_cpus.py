@@ -2,7 +2,7 @@
 
 import os
 
-from stagingmerge_merger import delta
+from stagingmerge_merger.delta import table as delta
 
 
 def test_cgroup_v2_quota_in_whole_cpus(tmp_path):

@@ -5,7 +5,7 @@ of this one commit, an OPTIMIZE rewrites files. Exactly once holds by these rule
 a method here:
 
 1. **main's keys** within a span's key ranges are read once, at version *v* (`keys_within`,
-   which also accounts what the read cost: mainfiles.py);
+   which also accounts what the read cost: keycost.py);
 2. **catch up** before each commit: the files other writers added since main was last
    read, and only those whose statistics meet the span's ranges, are read and the keys
    they hold are left out of the commit (`_catch_up`);
@@ -16,8 +16,8 @@ a method here:
    that cannot finish leaves the repair owed to the next (`_repair`, `repair_owed`).
 
 Our own commits (main's creation, the declaration of its features, our batches) are
-never taken for other writers' (`Versions`). Tables are read through delta.py; the files
-other writers added are read through mainfiles.py.
+never taken for other writers' (`Versions`). main is read through the delta package:
+delta-rs for its keys, delta/files.py for the files other writers added.
 """
 
 from __future__ import annotations
@@ -33,8 +33,9 @@ import structlog
 from .. import __version__, failpoints, keysets, predicates, repairs, schema
 from ..contract import REPAIRS_DIR, MergeMetrics, Outcome
 from ..delta import CommitConflictError, Table, plain_schema
+from ..delta.files import Box, Files
 from ..errors import MergeError
-from ..mainfiles import Box, MainFiles
+from ..keycost import KeyCost
 from ..reporting import BatchResult
 from ..storage import Location, Prefix
 from . import stream
@@ -130,7 +131,8 @@ class MainWriter:
         self.metrics = metrics
         self.reopen = reopen
         self.staging_columns = staging_columns
-        self.files: MainFiles | None = None  # main's files, for the read accounting
+        self.files: Files | None = None  # main's files at the version last read
+        self.cost = KeyCost()  # what reading main's keys costs (metrics only)
         self.repairs = repairs.Repairs(Prefix(goal.staging, goal.options))
         self._declared = False  # main's implied writer features checked (see _ready_main)
 
@@ -151,13 +153,13 @@ class MainWriter:
             return schema.empty_table()
         names = self.goal.keys
         if self.files is None or self.files.version != self.main.version:
-            self.files = MainFiles.of(self.main, names, known=self.files)
+            self.files = Files.of(self.main, names, known=self.files)
         boxes = predicates.predicate_boxes(names, ranges)
         touched = self.files.touched(boxes)
         self.metrics.main_key_scans += 1
         self.metrics.main_files = len(self.files.files)
         self.metrics.main_files_scanned += len(touched)
-        self.metrics.main_key_bytes_read += self.files.key_bytes(touched, boxes)
+        self.metrics.main_key_bytes_read += self.cost.key_bytes(self.files, touched, boxes)
         predicate = predicates.range_predicate(names, self.goal.key_types, ranges)
         return self.main.scan(names, predicate).cast(schema)
 
@@ -228,7 +230,7 @@ class MainWriter:
                         )
                         raise
             else:
-                self.files = MainFiles.of(main, names, known=self.files)
+                self.files = Files.of(main, names, known=self.files)
             held = replace(
                 # a repaired key's copy is theirs now: ours counts as already in main
                 tally.piece(inserted.num_rows - repaired),
@@ -266,7 +268,7 @@ class MainWriter:
         assert self.main is not None
         names = self.goal.keys
         earlier = self.files  # None: main was created during this span, nothing to diff
-        self.files = MainFiles.of(self.main, names, known=earlier)
+        self.files = Files.of(self.main, names, known=earlier)
         touched = {f.path for f in self.files.touched(boxes)}
         added = [
             f
@@ -309,7 +311,7 @@ class MainWriter:
         earlier = self.files
         if earlier is None or inserted.num_rows == 0:
             return bool(inserted.num_rows > 0)
-        now = MainFiles.of(self.main, self.goal.keys, known=earlier)
+        now = Files.of(self.main, self.goal.keys, known=earlier)
         ours = now.added_by(committed)
         if ours is None:
             return True

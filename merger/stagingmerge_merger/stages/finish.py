@@ -16,9 +16,10 @@ from typing import Any
 
 import structlog
 
-from .. import deltalog, shards
+from .. import shards
 from ..contract import MergeMetrics, Outcome
 from ..delta import Table
+from ..delta import log as deltalog
 from ..errors import MergeError, StagingChangedError, StagingNotDeletedError
 from ..request import MergeRequest
 from ..storage import Prefix, PrefixState

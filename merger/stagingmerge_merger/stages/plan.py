@@ -1,7 +1,7 @@
 """Stage 1, the plan: open both tables, refuse bad input, cut staging's key space.
 
 Everything that can refuse the input happens here, before anything is written: both
-logs audited (deltalog.py) and their values checked for misreads (misreads.py); the
+logs audited (delta/log.py) and their values checked for misreads (misreads.py); the
 keys, the schemas and the partitioning checked (schema.py); staging audited in one
 pushed-down query for every rule main would refuse a row for (checks.py). Then one pass
 over staging's key columns samples them and cuts the key space into spans whose keys fit
@@ -17,9 +17,10 @@ from dataclasses import dataclass
 import pyarrow as pa
 import structlog
 
-from .. import checks, deltalog, filecuts, keyspace, misreads, schema, shards
+from .. import checks, filecuts, keyspace, misreads, schema, shards
 from ..contract import MergeMetrics
 from ..delta import QUERY_TABLE, Table, TableNotFoundError, plain_schema
+from ..delta import log as deltalog
 from ..errors import InvalidInputError
 from ..request import MergeRequest
 from ..storage import Location, Prefix, PrefixState, check_deletable, links_reaching

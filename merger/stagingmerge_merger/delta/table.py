@@ -1,12 +1,13 @@
-"""The only module that uses deltalake: open, scan, query, append, replace.
+"""delta-rs, the way into Delta wherever it can do the job: open, scan, query, append,
+replace. The only module that uses deltalake.
 
-Both tables are read only through delta-rs's own engine (`DeltaTable.scan` and
+Both tables are read through delta-rs's own engine (`DeltaTable.scan` and
 `QueryBuilder`), which implements the Delta protocol: column mapping (name and
 id), partition values as the log encodes them (escaping, `''` and NULL),
 deletion vectors, checkpoints (v1 and v2) and every reader feature delta-rs
 supports. A table delta-rs cannot read is refused (exit 2) the moment it is
 opened or first scanned, which is before anything is written. Nothing here
-reads a data file directly.
+reads a data file directly (files.py does, only where delta-rs has no call for it).
 """
 
 from __future__ import annotations
@@ -44,10 +45,10 @@ from deltalake.exceptions import (
     TableNotFoundError,
 )
 
-from .errors import InvalidInputError, MergeError, StorageError
-from .predicates import quote_ident
-from .schema import Column, columns_of, undeclared_features, writer_features
-from .storage import Location, looks_like_auth_error, one_line, scrub
+from ..errors import InvalidInputError, MergeError, StorageError
+from ..predicates import quote_ident
+from ..schema import Column, columns_of, undeclared_features, writer_features
+from ..storage import Location, looks_like_auth_error, one_line, scrub
 
 # Row groups of 16 K rows (~35 MB of CT rows): parquet-rs buffers a whole row group
 # in Arrow form before encoding it, so this bounds the writer's memory too.

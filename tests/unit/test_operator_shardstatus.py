@@ -7,8 +7,8 @@ import pytest
 
 from stagingmerge_merger.contract import Outcome
 from stagingmerge_operator import conditions as c
-from stagingmerge_operator import shards
-from stagingmerge_operator.shards import ShardPod
+from stagingmerge_operator import shardstatus
+from stagingmerge_operator.shardstatus import ShardPod
 
 
 @pytest.mark.parametrize(
@@ -16,7 +16,7 @@ from stagingmerge_operator.shards import ShardPod
     [(None, set()), ("", set()), ("0", {0}), ("0-2,5", {0, 1, 2, 5}), ("1,3-4", {1, 3, 4})],
 )
 def test_job_index_intervals(text, indexes):
-    assert shards.parse_indexes(text) == indexes
+    assert shardstatus.parse_indexes(text) == indexes
 
 
 def shard_metrics(**values):
@@ -37,7 +37,7 @@ def shard_metrics(**values):
 
 
 def test_summed_metrics_add_up_and_keep_the_extremes():
-    total = shards.sum_metrics(
+    total = shardstatus.sum_metrics(
         [
             shard_metrics(),
             shard_metrics(
@@ -62,17 +62,17 @@ def test_summed_metrics_add_up_and_keep_the_extremes():
 
 
 def test_the_worst_shard_outcome_is_the_merge_outcome():
-    assert shards.sum_metrics([]) is None
-    nothing = shards.sum_metrics([shard_metrics(outcome=Outcome.NOTHING_TO_MERGE)] * 2)
+    assert shardstatus.sum_metrics([]) is None
+    nothing = shardstatus.sum_metrics([shard_metrics(outcome=Outcome.NOTHING_TO_MERGE)] * 2)
     assert nothing is not None and nothing["outcome"] == Outcome.NOTHING_TO_MERGE
-    mixed = shards.sum_metrics(
+    mixed = shardstatus.sum_metrics(
         [shard_metrics(), shard_metrics(outcome=Outcome.INVALID_INPUT, error="bad schema")]
     )
     assert mixed is not None and (mixed["outcome"], mixed["error"]) == (
         Outcome.INVALID_INPUT,
         "bad schema",
     )
-    worst = shards.sum_metrics(
+    worst = shardstatus.sum_metrics(
         [
             shard_metrics(outcome=Outcome.STAGING_NOT_DELETED),
             shard_metrics(outcome=Outcome.DUPLICATES_LEFT),
@@ -80,12 +80,16 @@ def test_the_worst_shard_outcome_is_the_merge_outcome():
         ]
     )
     assert worst is not None and worst["outcome"] == Outcome.DUPLICATES_LEFT
-    kept = shards.sum_metrics([shard_metrics(), shard_metrics(outcome=Outcome.STAGING_NOT_DELETED)])
+    kept = shardstatus.sum_metrics(
+        [shard_metrics(), shard_metrics(outcome=Outcome.STAGING_NOT_DELETED)]
+    )
     assert kept is not None and kept["outcome"] == Outcome.STAGING_NOT_DELETED
 
 
 def test_shards_that_read_different_versions_of_staging_are_not_a_whole_merge():
-    total = shards.sum_metrics([shard_metrics(staging_version=3), shard_metrics(staging_version=4)])
+    total = shardstatus.sum_metrics(
+        [shard_metrics(staging_version=3), shard_metrics(staging_version=4)]
+    )
     assert total is not None and total["outcome"] == Outcome.STAGING_CHANGED
     assert "shards read versions 3, 4" in total["error"]
     done = c.job_state(indexed_job(succeeded=3, completedIndexes="0-2", conditions=[
@@ -95,7 +99,7 @@ def test_shards_that_read_different_versions_of_staging_are_not_a_whole_merge():
 
 
 def test_shard_lines_follow_the_job_and_the_pods():
-    lines = shards.shard_statuses(
+    lines = shardstatus.shard_statuses(
         4,
         frozenset({0}),
         frozenset({3}),

@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
-from .errors import InvalidInputError, MergeError
-from .storage import DELTA_LOG, Prefix
+from ..errors import InvalidInputError, MergeError
+from ..storage import DELTA_LOG, Prefix
 
 _COMMIT = re.compile(r"^(\d{20})\.json$")
 _CLASSIC = re.compile(r"^(\d{20})\.checkpoint\.parquet$")

@@ -1,0 +1,178 @@
+"""Our own reading of a table's data files, where delta-rs offers no way to.
+
+delta-rs reads a table as rows, through its scan; it has no call for these three:
+
+- **the files of one version with their key statistics** (`Files.of`, from delta-rs's
+  own `get_add_actions`) and which of them a key-range predicate cannot skip (`touched`:
+  the rule delta-rs's pruning applies to the same statistics);
+- **the files a set of commits added** (`Files.added_since`, `Files.added_by`, the
+  latter from the commit's log entry: log.py), and **the key columns of just those
+  files** (`Files.keys_of`): the catch-up before a commit reads only other writers' new
+  files, where a delta-rs scan at the new version would read every file the ranges
+  touch. A file's rows are all returned, deleted ones too: a superset of its keys;
+- **a file's Parquet footer and chosen columns as stored** (`footer_of`, `parquet_file`):
+  what a read costs (keycost.py), and the physical encodings delta-rs decodes wrongly
+  without an error (misreads.py).
+
+Every read is by byte range through storage.Prefix (one object-store client per table).
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .. import keyvalues
+from ..storage import Prefix
+from .log import added_paths
+from .table import Table
+
+Box = tuple[tuple[Any, ...], tuple[Any, ...]]  # (lows, highs) per key column
+TAIL_BYTES = 64 * 1024  # a footer is read with one request of this many bytes, mostly
+
+
+@dataclass(frozen=True)
+class FileStat:
+    path: str  # as the log holds it (a relative URI, percent-encoded)
+    size: int
+    low: tuple[Any, ...] | None  # per key column, None when the log keeps no statistics
+    high: tuple[Any, ...] | None
+
+
+@dataclass(frozen=True)
+class Files:
+    """A table's data files at one version, with their key columns' statistics."""
+
+    table: Table
+    keys: tuple[str, ...]
+    version: int  # the table's version these files are of (the Table object moves on)
+    physical: tuple[str, ...]  # the key columns' names in the files (column mapping)
+    prefix: Prefix  # the table's objects (one store client)
+    files: tuple[FileStat, ...]
+
+    @classmethod
+    def of(cls, table: Table, keys: Sequence[str], known: Files | None = None) -> Files:
+        """The table's files at its current version (`known`: an earlier snapshot of the
+        same table, whose column names and store client are reused)."""
+        stats = keyvalues.as_numbers(table.key_file_stats(keys))
+        missing = [None] * stats.num_rows
+        sizes = stats.column("size_bytes").to_pylist()
+        lows = zip(*(_column(stats, f"min.{k}", missing) for k in keys), strict=True)
+        highs = zip(*(_column(stats, f"max.{k}", missing) for k in keys), strict=True)
+        files = []
+        for path, size, low, high in zip(
+            stats.column("path").to_pylist(), sizes, lows, highs, strict=True
+        ):
+            complete = None not in low and None not in high
+            files.append(FileStat(path, int(size), *((low, high) if complete else (None, None))))
+        return cls(
+            table,
+            tuple(keys),
+            table.version,
+            known.physical if known else table.physical_names(keys),
+            known.prefix if known else Prefix(table.location, table.options),
+            tuple(files),
+        )
+
+    def touched(self, boxes: Sequence[Box]) -> list[FileStat]:
+        """The files whose statistics rule out none of the boxes (predicates.predicate_boxes):
+        the files a scan with that predicate opens."""
+        return [f for f in self.files if any(may_hold(f, box) for box in boxes)]
+
+    def added_since(self, earlier: Files) -> list[FileStat]:
+        """Files that are here and were not in `earlier` (commits since)."""
+        known = {f.path for f in earlier.files}
+        return [f for f in self.files if f.path not in known]
+
+    def added_by(self, version: int) -> set[str] | None:
+        """The paths one commit added, from its entry in the Delta log (None if unreadable)."""
+        return added_paths(self.prefix, version)
+
+    def keys_of(self, files: Sequence[FileStat], schema: pa.Schema) -> pa.Table | None:
+        """The key columns of a few files, read from the files themselves. Every row a file
+        holds is returned, deleted or not: a superset, which can only make the merge skip
+        a key another writer deleted meanwhile (the documented race). None when reading
+        files would not be faithful: a key column that is a partition column lives in the
+        log, not in the files (the caller then reads through delta-rs)."""
+        if set(self.keys) & set(self.table.partition_columns()):
+            return None
+        tables = []
+        try:
+            for stat in files:
+                rows = parquet_file(self.prefix, stat).read(columns=list(self.physical))
+                tables.append(rows.rename_columns(list(self.keys)).cast(schema))
+        except (pa.ArrowException, ValueError, KeyError):
+            return None
+        return pa.concat_tables(tables) if tables else schema.empty_table()
+
+
+def may_hold(stat: FileStat, box: Box) -> bool:
+    """A conjunction of per-column ranges excludes a file when one column's range misses
+    the file's [min, max] for that column."""
+    if stat.low is None or stat.high is None:
+        return True  # no statistics: a scan must read it
+    lows, highs = box
+    return all(
+        not (high < file_low or low > file_high)
+        for low, high, file_low, file_high in zip(lows, highs, stat.low, stat.high, strict=True)
+    )
+
+
+def footer_of(prefix: Prefix, stat: FileStat) -> pq.FileMetaData:
+    """One Parquet file's footer, read from its tail."""
+    path = unquote(stat.path)  # the log holds a relative URI
+    length = min(stat.size, TAIL_BYTES)
+    tail = prefix.read_range(path, stat.size - length, length)
+    footer = struct.unpack("<I", tail[-8:-4])[0] + 8
+    if footer > len(tail):
+        tail = prefix.read_range(path, stat.size - footer, footer)
+    return pq.read_metadata(io.BytesIO(tail))
+
+
+def parquet_file(prefix: Prefix, stat: FileStat, **options: Any) -> pq.ParquetFile:
+    """One data file, opened for reading chosen columns by byte range (`options`: those of
+    pyarrow's ParquetFile, e.g. how to read INT96)."""
+    return pq.ParquetFile(RangeFile(prefix, unquote(stat.path), stat.size), **options)
+
+
+def _column(stats: pa.Table, name: str, missing: list[None]) -> list[Any]:
+    return stats.column(name).to_pylist() if name in stats.column_names else missing
+
+
+class RangeFile(io.RawIOBase):
+    """A read-only, seekable file over one object, fetched by ranges (Parquet's footer,
+    then the chosen columns' chunks)."""
+
+    def __init__(self, prefix: Prefix, path: str, size: int) -> None:
+        super().__init__()
+        self._prefix, self._path, self._size, self._at = prefix, path, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._at
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._at, io.SEEK_END: self._size}[whence]
+        self._at = max(0, base + offset)
+        return self._at
+
+    def readinto(self, buffer: Any) -> int:
+        length = min(len(buffer), self._size - self._at)
+        if length <= 0:
+            return 0
+        data = self._prefix.read_range(self._path, self._at, length)
+        buffer[: len(data)] = data
+        self._at += len(data)
+        return len(data)
