@@ -7,7 +7,9 @@ cert_index, a 70-byte payload, seen_date) as a live writer leaves it: 40 logs in
 in arrival order in every 500 K-row file, each log at its own height of cert_index,
 25 M rows per day partition, checkpointed. Staging is one log's backfill (log 0,
 positions [0, S)); main already holds every other one of those, so half of staging is
-new. The clustered layout is a copy of main after `stagingmerge-cluster --skip-newest 0`.
+new. The clustered layout is a copy of main after `stagingmerge-cluster --skip-newest 0`;
+the indexed layout a copy of the unclustered main with its key-range index built by
+`stagingmerge-index` (the build's seconds in `index_seconds`).
 
 Each contender runs --repeat times (default 3, contenders interleaved); the run of median
 wall time is reported, with every run's time. Contenders, each a child of a fresh
@@ -49,6 +51,15 @@ FILE_ROWS = 500_000
 DAY_ROWS = 25_000_000
 BACKFILL_MAX = 1_000_000  # main holds the even positions of log 0's [0, BACKFILL_MAX)
 BASES = [i * 3_700_000_000 + 1_000_000 for i in range(LOGS)]
+# Which log the backfill is of (--backfill-log, passed to the child processes through the
+# environment): "lowest", log 0 below every other log's cert_index, so each file's minimum
+# of cert_index lets the statistics skip the files past the backfill's range; or "middle",
+# log 0 between other logs, as most logs are: every file's statistics span it, nothing
+# prunes, and only clustering or the key-range index can.
+BACKFILL_LOG = os.environ.get("SCALE_BACKFILL_LOG", "lowest")
+if BACKFILL_LOG == "middle":
+    BASES[0] = BASES[LOGS // 2] + 1_850_000_000
+VARIANT = "" if BACKFILL_LOG == "lowest" else f"-{BACKFILL_LOG}"
 URLS = [f"https://ct.example.net/logs/log{i:02d}/" for i in range(LOGS)]
 KEYS = ("source_url", "cert_index")
 
@@ -84,7 +95,7 @@ def chunk(start: int, rows: int, total: int) -> object:
 def generate_main(rows: int) -> Path:
     from deltalake import DeltaTable, write_deltalake
 
-    main = DATA / f"scale-main{rows}" / "main"
+    main = DATA / f"scale-main{rows}{VARIANT}" / "main"
     done = main.parent / ".complete"
     if done.exists():
         return main
@@ -99,17 +110,19 @@ def generate_main(rows: int) -> Path:
     return main
 
 
-def clustered_copy(main: Path) -> tuple[Path, float]:
-    target = main.parent / "clustered"
-    done = main.parent / ".clustered"
+def prepared_copy(main: Path, layout: str, command: str, *args: str) -> tuple[Path, float]:
+    """A copy of the unclustered main that `command` (a stagingmerge CLI) ran on, cached
+    under the layout's name; also the seconds the command took."""
+    target = main.parent / layout
+    done = main.parent / f".{layout}"
     if done.exists():
         return target, float(done.read_text() or 0)
     shutil.rmtree(target, ignore_errors=True)
     shutil.copytree(main, target)
-    exe = Path(sys.executable).with_name("stagingmerge-cluster")
+    exe = Path(sys.executable).with_name(command)
     started = time.monotonic()
     subprocess.run(
-        [str(exe), "--main", str(target), "--skip-newest", "0", "--log-format", "json"],
+        [str(exe), "--main", str(target), *args, "--log-format", "json"],
         check=True,
         stdout=subprocess.DEVNULL,
     )
@@ -118,12 +131,21 @@ def clustered_copy(main: Path) -> tuple[Path, float]:
     return target, seconds
 
 
+def clustered_copy(main: Path) -> tuple[Path, float]:
+    return prepared_copy(main, "clustered", "stagingmerge-cluster", "--skip-newest", "0")
+
+
+def indexed_copy(main: Path) -> tuple[Path, float]:
+    """With its key-range index built (the build's seconds)."""
+    return prepared_copy(main, "indexed", "stagingmerge-index")
+
+
 def generate_staging(rows: int) -> Path:
     import pyarrow as pa
     import pyarrow.compute as pc
     from deltalake import write_deltalake
 
-    staging = DATA / f"scale-staging{rows}"
+    staging = DATA / f"scale-staging{rows}{VARIANT}"
     if (staging / ".complete").exists():
         return staging / "table"
     shutil.rmtree(staging, ignore_errors=True)
@@ -282,8 +304,9 @@ def main() -> None:
     parser.add_argument("--main-rows", default="1000000,10000000,100000000")
     parser.add_argument("--staging-rows", default="200000,1000000")
     parser.add_argument("--contenders", default="stagingmerge,append,keyscan,keyscan-partitioned")
-    parser.add_argument("--layouts", default="unclustered,clustered")
+    parser.add_argument("--layouts", default="unclustered,clustered,indexed")
     parser.add_argument("--repeat", type=int, default=3, help="runs per contender (median)")
+    parser.add_argument("--backfill-log", choices=["lowest", "middle"], default=BACKFILL_LOG)
     parser.add_argument(
         "--one", nargs=3, metavar=("NAME", "MAIN", "STAGING"), help=argparse.SUPPRESS
     )
@@ -296,6 +319,9 @@ def main() -> None:
         name, main_path, staging_path = args.one
         print(json.dumps(one(name, Path(main_path), Path(staging_path))))
         return
+    if args.backfill_log != BACKFILL_LOG:  # the children and this process alike
+        os.environ["SCALE_BACKFILL_LOG"] = args.backfill_log
+        os.execv(sys.executable, [sys.executable, __file__, *sys.argv[1:]])
     precompile()
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / "scale.json"
@@ -306,7 +332,9 @@ def main() -> None:
         if "clustered" in args.layouts.split(","):
             target, cluster_seconds = clustered_copy(unclustered)
             layouts["clustered"] = (target, cluster_seconds)
-        for layout, (main, cluster_seconds) in layouts.items():
+        if "indexed" in args.layouts.split(","):
+            layouts["indexed"] = indexed_copy(unclustered)
+        for layout, (main, prepared_seconds) in layouts.items():
             if layout not in args.layouts:
                 continue
             key_bytes = key_column_bytes(main)
@@ -334,13 +362,21 @@ def main() -> None:
                         staging_rows=None if name.startswith("keyscan") else staging_rows,
                         layout=layout,
                         main_key_column_bytes=key_bytes,
-                        cluster_seconds=cluster_seconds,
+                        cluster_seconds=prepared_seconds if layout == "clustered" else None,
+                        index_seconds=prepared_seconds if layout == "indexed" else None,
+                        backfill_log=BACKFILL_LOG,
                     )
                     record["results"] = [
                         r
                         for r in record["results"]
-                        if (r["contender"], r["main_rows"], r["staging_rows"], r["layout"])
-                        != (name, main_rows, result["staging_rows"], layout)
+                        if (
+                            r["contender"],
+                            r["main_rows"],
+                            r["staging_rows"],
+                            r["layout"],
+                            r.get("backfill_log", "lowest"),
+                        )
+                        != (name, main_rows, result["staging_rows"], layout, BACKFILL_LOG)
                     ] + [result]
                     print(json.dumps(result), flush=True)
                     record.update(machine=machine(), when=time.strftime("%Y-%m-%d"))

@@ -112,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="count what would be inserted; write and delete nothing",
     )
     p.add_argument(
+        "--no-key-index",
+        dest="key_index",
+        action="store_false",
+        help="do not use main's key-range index (built by stagingmerge-index) to skip files",
+    )
+    p.add_argument(
         "--partition-by",
         default="",
         metavar="COL[,COL...]",
@@ -190,6 +196,7 @@ def request_from_args(args: argparse.Namespace) -> MergeRequest:
         key_memory=parsing.parse_size(args.key_memory, "--key-memory"),
         key_sample_rows=parsing.parse_batch_rows(args.key_sample_rows, "--key-sample-rows"),
         shard=shard_from_args(args),
+        key_index=args.key_index,
     )
 
 

@@ -46,6 +46,8 @@ class Outcome(StrEnum):
     CLUSTERED = "clustered"
     CONFLICTED = "conflicted"  # a writer rewrote a partition meanwhile: that one is skipped
     NOTHING_TO_DO = "nothing_to_do"
+    # stagingmerge-index's (and nothing_to_do, dry_run)
+    INDEXED = "indexed"
 
 
 EXIT_CODE: dict[Outcome, int] = {
@@ -55,6 +57,7 @@ EXIT_CODE: dict[Outcome, int] = {
     Outcome.CLUSTERED: EXIT_OK,
     Outcome.CONFLICTED: EXIT_OK,
     Outcome.NOTHING_TO_DO: EXIT_OK,
+    Outcome.INDEXED: EXIT_OK,
     Outcome.INTERRUPTED: EXIT_RETRY,
     Outcome.STAGING_CHANGED: EXIT_RETRY,
     Outcome.STAGING_NOT_DELETED: EXIT_RETRY,
@@ -63,6 +66,11 @@ EXIT_CODE: dict[Outcome, int] = {
     Outcome.RUNNING: EXIT_RETRY,
     Outcome.INVALID_INPUT: EXIT_INVALID,
 }
+
+# outcomes only the maintenance commands report (stagingmerge-cluster, stagingmerge-index)
+MAINTENANCE_OUTCOMES = frozenset(
+    {Outcome.CLUSTERED, Outcome.CONFLICTED, Outcome.NOTHING_TO_DO, Outcome.INDEXED}
+)
 
 # A sharded merge's outcome is its worst shard's: the first of these any shard reports,
 # else merged, else dry run, else nothing to merge.
@@ -142,6 +150,11 @@ class MergeMetrics:
     main_key_bytes_read: int = _f(0, SUM)
     main_files: int = _f(0, MAX)
     main_files_caught_up: int = _f(0, SUM)  # other writers' new files read before our commits
+    # the key-range index (rangeindex.py): files a scan's statistics could not skip that the
+    # index did (summed over scans), and the bytes of index files read
+    main_files_pruned_by_index: int = _f(0, SUM)
+    key_index_bytes_read: int = _f(0, SUM)
+    key_index_entries_written: int = _f(0, SUM)  # for main's files read that had none
     # a sharded run (--shard i/N): which shard, and how many had recorded done when it ended
     shard: str | None = _f(None, OWN)
     shards_done: int = _f(0, OWN)
@@ -238,3 +251,4 @@ COMPLETION_MARKER = "_stagingmerge_merged.json"  # written before staging is del
 WORK_DIR = "_stagingmerge"  # beside _delta_log; Delta readers and VACUUM ignore it
 REPAIRS_DIR = f"{WORK_DIR}/repairs"  # repairs owed to main (repairs.py)
 SHARDS_DIR = f"{WORK_DIR}/shards"  # the shards' agreed plan and done records (shards.py)
+KEY_INDEX_DIR = f"{WORK_DIR}/keyindex"  # in main: the key-range index (rangeindex.py)

@@ -157,6 +157,8 @@ class _Run:
             create_as=plan.create_as,
             partition_by=plan.partition_by,
             shard=None if req.shard is None else str(req.shard),
+            key_index=req.key_index,
+            dry_run=req.dry_run,
         )
         return commits.MainWriter(
             goal,

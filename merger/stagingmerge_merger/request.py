@@ -24,6 +24,7 @@ class MergeRequest:
     key_memory: int = KEY_MEMORY  # bytes of keys one span may hold (sizes spans)
     key_sample_rows: int = KEY_SAMPLE_ROWS  # planning keeps every key of a staging this small
     shard: shards.Shard | None = None  # merge only this shard's span (shards.py)
+    key_index: bool = True  # skip main's files by its key-range index (rangeindex.py)
 
     @property
     def sharded(self) -> bool:

@@ -195,7 +195,11 @@ def test_cluster_cronjobs_one_per_table():
     """maintenance.cluster: a CronJob per main table running stagingmerge-cluster with the
     merge image, as the merge ServiceAccount; nothing unless enabled."""
     assert not by_kind(render(), "CronJob")
-    jobs = {d["metadata"]["name"]: d for d in by_kind(render("-f", str(EVERYTHING)), "CronJob")}
+    jobs = {
+        d["metadata"]["name"]: d
+        for d in by_kind(render("-f", str(EVERYTHING)), "CronJob")
+        if d["metadata"]["labels"]["app.kubernetes.io/component"] == "cluster"
+    }
     assert sorted(jobs) == ["sm-stagingmerge-cluster-entries", "sm-stagingmerge-cluster-precerts"]
     entries = jobs["sm-stagingmerge-cluster-entries"]["spec"]
     assert (entries["schedule"], entries["timeZone"]) == ("30 2 * * *", "Etc/UTC")
@@ -229,6 +233,38 @@ def test_cluster_cronjobs_one_per_table():
     assert rules[0]["onExitCodes"]["values"] == [2] and rules[0]["action"] == "FailJob"
 
 
+def test_index_cronjobs_one_per_table():
+    """maintenance.index: a CronJob per main table running stagingmerge-index with the merge
+    image, as the merge ServiceAccount, on a read-only root; nothing unless enabled."""
+    jobs = {
+        d["metadata"]["name"]: d
+        for d in by_kind(render("-f", str(EVERYTHING)), "CronJob")
+        if d["metadata"]["labels"]["app.kubernetes.io/component"] == "index"
+    }
+    assert sorted(jobs) == ["sm-stagingmerge-index-entries", "sm-stagingmerge-index-events"]
+    spec = jobs["sm-stagingmerge-index-entries"]["spec"]
+    assert (spec["schedule"], spec["concurrencyPolicy"]) == ("15 * * * *", "Forbid")
+    pod = spec["jobTemplate"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["command"] == ["stagingmerge-index"]
+    assert container["image"] == "registry.example.com/stagingmerge/merge:0.1.0-rc1"
+    assert container["args"] == [
+        "--main=s3://ct-lake/main/entries",
+        "--keys=source_url,cert_index",
+        "--log-format=json",
+    ]
+    events = jobs["sm-stagingmerge-index-events"]["spec"]["jobTemplate"]["spec"]["template"]
+    assert "--keys=log_id,seq" in events["spec"]["containers"][0]["args"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert json.loads(env["STAGINGMERGE_STORAGE_OPTIONS"]) == {"AWS_REGION": "eu-west-1"}
+    assert container["envFrom"] == [{"secretRef": {"name": "ct-lake-s3"}}]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["serviceAccountName"] == "ct-merge" and pod["automountServiceAccountToken"] is False
+    rules = spec["jobTemplate"]["spec"]["podFailurePolicy"]["rules"]
+    assert rules[0]["onExitCodes"] == {"containerName": "index", "operator": "In", "values": [2]}
+    assert not [d for d in by_kind(render(), "CronJob")]
+
+
 def test_metrics_can_be_turned_off():
     docs = render("--set", "metrics.enabled=false")
     assert not by_kind(docs, "Service")
@@ -248,6 +284,8 @@ def test_metrics_can_be_turned_off():
         "unknownKey=1",
         "maintenance.cluster.tables[0].name=Not_A_Name",
         "maintenance.cluster.tables[0].skipNewest=-1",
+        "maintenance.index.tables[0].name=Not_A_Name",
+        "maintenance.index.unknown=1",
     ],
 )
 def test_values_schema_rejects_bad_values(bad):

@@ -98,7 +98,8 @@ def test_the_crd_defaults_are_the_contract_s():
     assert spec["parallelism"]["maximum"] == contract.MAX_SHARDS
 
 
-def test_the_chart_s_clustering_job_speaks_the_contract():
-    template = (ROOT / "charts" / "stagingmerge" / "templates" / "cluster-cronjob.yaml").read_text()
+@pytest.mark.parametrize("name", ["cluster-cronjob.yaml", "index-cronjob.yaml"])
+def test_the_chart_s_maintenance_jobs_speak_the_contract(name):
+    template = (ROOT / "charts" / "stagingmerge" / "templates" / name).read_text()
     assert f'default "{",".join(contract.DEFAULT_KEYS)}"' in template
     assert f"name: {contract.STORAGE_OPTIONS_ENV}" in template

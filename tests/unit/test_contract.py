@@ -16,9 +16,7 @@ from stagingmerge_merger.contract import EXIT_CODE, REASON, MergeMetrics, Outcom
 from stagingmerge_operator import conditions
 from stagingmerge_operator.shardstatus import sum_metrics
 
-MERGE_OUTCOMES = [
-    o for o in Outcome if o not in (Outcome.CLUSTERED, Outcome.CONFLICTED, Outcome.NOTHING_TO_DO)
-]
+MERGE_OUTCOMES = [o for o in Outcome if o not in contract.MAINTENANCE_OUTCOMES]
 
 
 def job(succeeded: bool) -> conditions.JobState:

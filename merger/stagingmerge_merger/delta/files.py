@@ -44,6 +44,7 @@ class FileStat:
     size: int
     low: tuple[Any, ...] | None  # per key column, None when the log keeps no statistics
     high: tuple[Any, ...] | None
+    rows: int | None = None  # numRecords, when the log keeps it
 
 
 @dataclass(frozen=True)
@@ -64,14 +65,23 @@ class Files:
         stats = keyvalues.as_numbers(table.key_file_stats(keys))
         missing = [None] * stats.num_rows
         sizes = stats.column("size_bytes").to_pylist()
+        counts = _column(stats, "num_records", missing)
         lows = zip(*(_column(stats, f"min.{k}", missing) for k in keys), strict=True)
         highs = zip(*(_column(stats, f"max.{k}", missing) for k in keys), strict=True)
         files = []
-        for path, size, low, high in zip(
-            stats.column("path").to_pylist(), sizes, lows, highs, strict=True
+        for path, size, low, high, rows in zip(
+            stats.column("path").to_pylist(), sizes, lows, highs, counts, strict=True
         ):
             complete = None not in low and None not in high
-            files.append(FileStat(path, int(size), *((low, high) if complete else (None, None))))
+            files.append(
+                FileStat(
+                    path,
+                    int(size),
+                    low if complete else None,
+                    high if complete else None,
+                    None if rows is None else int(rows),
+                )
+            )
         return cls(
             table,
             tuple(keys),
@@ -101,16 +111,26 @@ class Files:
         a key another writer deleted meanwhile (the documented race). None when reading
         files would not be faithful: a key column that is a partition column lives in the
         log, not in the files (the caller then reads through delta-rs)."""
-        if set(self.keys) & set(self.table.partition_columns()):
+        if not self.keys_in_files():
             return None
         tables = []
         try:
             for stat in files:
-                rows = parquet_file(self.prefix, stat).read(columns=list(self.physical))
-                tables.append(rows.rename_columns(list(self.keys)).cast(schema))
+                tables.append(self.keys_of_file(stat, schema))
         except (pa.ArrowException, ValueError, KeyError):
             return None
         return pa.concat_tables(tables) if tables else schema.empty_table()
+
+    def keys_in_files(self) -> bool:
+        """Whether the key columns are stored in the data files (not partition columns,
+        whose values live in the log)."""
+        return not set(self.keys) & set(self.table.partition_columns())
+
+    def keys_of_file(self, stat: FileStat, schema: pa.Schema) -> pa.Table:
+        """Every row's key columns of one data file, as `schema` (keys_in_files must
+        hold). Raises Arrow's errors, and storage's, as they come."""
+        rows = parquet_file(self.prefix, stat).read(columns=list(self.physical))
+        return rows.rename_columns(list(self.keys)).cast(schema)
 
 
 def may_hold(stat: FileStat, box: Box) -> bool:

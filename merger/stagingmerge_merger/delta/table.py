@@ -340,6 +340,16 @@ class Table:
     def partition_columns(self) -> list[str]:
         return list(self._dt.metadata().partition_columns)
 
+    def table_id(self) -> str:
+        """The table's id (metaData.id): another table at the same location has another."""
+        return str(self._dt.metadata().id)
+
+    def may_have_deletion_vectors(self) -> bool:
+        """Whether the protocol allows deletion vectors: then a data file may hold rows
+        the table no longer has."""
+        features = self._dt.protocol().reader_features or []
+        return "deletionVectors" in features
+
     def never_null(self) -> set[str]:
         """Top-level columns that cannot hold NULL here: declared NOT NULL (every Delta
         writer enforces it), or with a NULL count of 0 in the statistics of every file

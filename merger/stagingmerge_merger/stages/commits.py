@@ -24,16 +24,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from urllib.parse import unquote
 
 import pyarrow as pa
 import structlog
 
-from .. import __version__, failpoints, keysets, predicates, repairs, schema
+from .. import __version__, failpoints, keysets, predicates, rangeindex, repairs, schema
 from ..contract import REPAIRS_DIR, MergeMetrics, Outcome
 from ..delta import CommitConflictError, Table, plain_schema
-from ..delta.files import Box, Files
+from ..delta.files import Box, Files, FileStat
 from ..errors import MergeError
 from ..keycost import KeyCost
 from ..reporting import BatchResult
@@ -42,6 +43,7 @@ from . import stream
 
 log = structlog.get_logger("stagingmerge.merge")
 
+READ_THREADS = 4  # main's files read at once by the key-range index (decoding releases the GIL)
 REPAIR_ATTEMPTS = 10  # a leftover duplicate is worse than a slow batch
 REPAIR_CHUNK = 500  # keys per rewrite predicate when repairing concurrent duplicates
 
@@ -100,6 +102,8 @@ class Target:
     create_as: str | None  # the Delta schema (JSON) of a main this run creates
     partition_by: list[str]  # for a main this run creates
     shard: str | None  # recorded in each commit of a sharded run
+    key_index: bool = True  # read main's keys through its key-range index (rangeindex.py)
+    dry_run: bool = False  # then the index is read, never written
 
 
 @dataclass
@@ -134,6 +138,8 @@ class MainWriter:
         self.files: Files | None = None  # main's files at the version last read
         self.cost = KeyCost()  # what reading main's keys costs (metrics only)
         self.repairs = repairs.Repairs(Prefix(goal.staging, goal.options))
+        self._index: rangeindex.RangeIndex | None = None  # main's key-range index, once read
+        self._index_read = False
         self._declared = False  # main's implied writer features checked (see _ready_main)
 
     # --- reading main's keys -------------------------------------------------------
@@ -156,12 +162,88 @@ class MainWriter:
             self.files = Files.of(self.main, names, known=self.files)
         boxes = predicates.predicate_boxes(names, ranges)
         touched = self.files.touched(boxes)
+        kept, read = self._through_index(touched, ranges, boxes)
         self.metrics.main_key_scans += 1
         self.metrics.main_files = len(self.files.files)
-        self.metrics.main_files_scanned += len(touched)
-        self.metrics.main_key_bytes_read += self.cost.key_bytes(self.files, touched, boxes)
+        self.metrics.main_files_scanned += len(kept)
+        self.metrics.main_files_pruned_by_index += len(touched) - len(kept)
+        self.metrics.main_key_bytes_read += self.cost.key_bytes(self.files, kept, boxes)
+        if read is not None:
+            return read
         predicate = predicates.range_predicate(names, self.goal.key_types, ranges)
         return self.main.scan(names, predicate).cast(schema)
+
+    def _through_index(
+        self, touched: list[FileStat], ranges: list[predicates.KeyRange], boxes: list[Box]
+    ) -> tuple[list[FileStat], pa.Table | None]:
+        """The files of `touched` the key-range index cannot rule out and, when it ruled
+        some out or some have no entry yet, the keys within the boxes read from just those
+        files (None: delta-rs scans `touched` with the predicate, as without an index).
+        The files read that had no entry get one, written as a new index file: a main that
+        has an index keeps it current as merges read it."""
+        index = self._key_index()
+        if index is None or not touched:
+            return touched, None
+        kept, exact = index.prune(touched, ranges)
+        unindexed = [f for f in kept if f.path not in exact]
+        records = bool(len(index)) and not self.goal.dry_run  # a main that has an index
+        if len(kept) == len(touched) and not (records and unindexed):
+            return touched, None
+        assert self.files is not None and self.main is not None
+        files, schema, names = self.files, self.goal.key_schema, set(f.path for f in unindexed)
+        entries: list[pa.Table] = []
+
+        def keys_in(stat: FileStat) -> pa.Table:
+            keys = files.keys_of_file(stat, schema)
+            if records and stat.path in names:
+                entries.append(rangeindex.entries_of(stat, keys, schema))  # list.append: atomic
+            return rangeindex.within_boxes(keys, boxes)
+
+        try:
+            with ThreadPoolExecutor(READ_THREADS) as pool:
+                tables = list(pool.map(keys_in, kept))
+        except (MergeError, OSError, ValueError, KeyError, pa.ArrowException) as exc:
+            log.warning(
+                "could not read main's files the key-range index kept; scanning them",
+                error=str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__,
+            )
+            return touched, None
+        if entries:
+            self._record_entries(pa.concat_tables(entries))
+        return kept, pa.concat_tables(tables) if tables else schema.empty_table()
+
+    def _record_entries(self, entries: pa.Table) -> None:
+        """Add entries to main's index (best effort: a failure only leaves them unwritten)."""
+        assert self.main is not None and self._index is not None and self.files is not None
+        self._index = self._index.with_entries(entries)
+        try:
+            rangeindex.write(
+                Prefix(self.goal.main, self.goal.options),
+                entries,
+                self.main.table_id(),
+                self.goal.keys,
+                self.files.version,
+            )
+        except MergeError as exc:
+            log.warning("could not add to the key-range index", error=str(exc))
+            return
+        self.metrics.key_index_entries_written += entries.num_rows
+
+    def _key_index(self) -> rangeindex.RangeIndex | None:
+        """main's key-range index, loaded once a run (None: off, or main cannot use one)."""
+        if self._index_read or not self.goal.key_index or self.main is None:
+            return self._index
+        self._index_read = True
+        why = rangeindex.unusable(self.main, self.goal.keys)
+        if why is not None:
+            log.info("the key-range index is not used", main=str(self.goal.main), why=why)
+            return None
+        loaded = rangeindex.RangeIndex.load(
+            Prefix(self.goal.main, self.goal.options), self.main.table_id(), self.goal.key_schema
+        )
+        self.metrics.key_index_bytes_read += loaded.bytes_read
+        self._index = loaded.index
+        return self._index
 
     # --- one span's commits ----------------------------------------------------------
 
