@@ -29,6 +29,7 @@ forges entries with write access to main (which could rewrite main itself).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -218,17 +219,24 @@ class RangeIndex:
                 "expected": pa.array([f.rows for f in known], pa.int64()),
             }
         )
-        # a file two passes indexed at once is in two index files with the same entries
-        # (one per prefix, from the same immutable file): count each entry once
-        distinct = self.entries.group_by(self.entries.column_names, use_threads=False).aggregate([])
-        counted = (
-            distinct.select([PATH, SIZE, ROWS])
-            .group_by([PATH, SIZE], use_threads=False)
-            .aggregate([(ROWS, "sum")])
-            .join(wanted, [PATH, SIZE], join_type="inner")
-        )
+        counted = self._counts.join(wanted, [PATH, SIZE], join_type="inner")
         good = pc.equal(counted.column(f"{ROWS}_sum"), counted.column("expected"))
         return set(counted.filter(good).column(PATH).to_pylist())
+
+    @functools.cached_property
+    def _distinct(self) -> pa.Table:
+        """Each entry once: a file two passes indexed at once is in two index files with
+        the same entries (one per prefix, from the same immutable file)."""
+        return self.entries.group_by(self.entries.column_names, use_threads=False).aggregate([])
+
+    @functools.cached_property
+    def _counts(self) -> pa.Table:
+        """Per file (path, size), the rows its entries count (computed once per index)."""
+        return (
+            self._distinct.select([PATH, SIZE, ROWS])
+            .group_by([PATH, SIZE], use_threads=False)
+            .aggregate([(ROWS, "sum")])
+        )
 
     def prune(
         self, touched: Sequence[FileStat], ranges: Sequence[KeyRange]
@@ -239,7 +247,8 @@ class RangeIndex:
         exact = self.exact(touched)
         if not exact:
             return list(touched), exact
-        entries = self.entries.filter(pc.is_in(self.entries.column(PATH), pa.array(sorted(exact))))
+        distinct = self._distinct
+        entries = distinct.filter(pc.is_in(distinct.column(PATH), pa.array(sorted(exact))))
         meeting = self._meeting(entries, ranges)
         keep = [f for f in touched if f.path not in exact or f.path in meeting]
         return keep, exact
