@@ -7,7 +7,9 @@ cert_index, a 70-byte payload, seen_date) as a live writer leaves it: 40 logs in
 in arrival order in every 500 K-row file, each log at its own height of cert_index,
 25 M rows per day partition, checkpointed. Staging is one log's backfill (log 0,
 positions [0, S)); main already holds every other one of those, so half of staging is
-new. The clustered layout is a copy of main after `stagingmerge-cluster --skip-newest 0`;
+new. Where main holds them is --backfill-log: spread over the files (`lowest`, `middle`),
+or in a window of 4 files mid-main (`gap`, main >= 4 M rows; see BACKFILL_LOG). The
+clustered layout is a copy of main after `stagingmerge-cluster --skip-newest 0`;
 the indexed layout a copy of the unclustered main with its key-range index built by
 `stagingmerge-index` (the build's seconds in `index_seconds`).
 
@@ -16,6 +18,9 @@ wall time is reported, with every run's time. Contenders, each a child of a fres
 `scale.py --one` process (its peak RSS and I/O are the child's; /proc/self/io counts
 reaped children):
   stagingmerge  the merge CLI (--keep-staging, --batch-rows 250000, default options)
+  stagingmerge-noindex  the same with --no-key-index (the merge without the key-range index;
+                on the unclustered layout `stagingmerge` is then a first run, building
+                the index on the way: every run's additions to main are removed after it)
   append        the limit: read staging, append the rows known to be new (an oracle)
   keyscan       one bare scan of main's key columns through delta-rs (`DeltaTable.scan`,
                 its defaults: the I/O floor of any design that reads main's keys once)
@@ -56,9 +61,14 @@ BASES = [i * 3_700_000_000 + 1_000_000 for i in range(LOGS)]
 # of cert_index lets the statistics skip the files past the backfill's range; or "middle",
 # log 0 between other logs, as most logs are: every file's statistics span it, nothing
 # prunes, and only clustering or the key-range index can.
+# Or "gap": log 0 in the middle too, and in every file (1 row in LOGS), but the entries main
+# holds of the backfill's range sit in one window of GAP_SHARE * BACKFILL_MAX / 2 rows in the
+# middle of main (log 0 takes 1 row in GAP_SHARE there): the log had a gap, backfilled
+# later. Every file's statistics span the backfill; per log, only the window's files meet it.
 BACKFILL_LOG = os.environ.get("SCALE_BACKFILL_LOG", "lowest")
-if BACKFILL_LOG == "middle":
+if BACKFILL_LOG in ("middle", "gap"):
     BASES[0] = BASES[LOGS // 2] + 1_850_000_000
+GAP_SHARE = 4
 VARIANT = "" if BACKFILL_LOG == "lowest" else f"-{BACKFILL_LOG}"
 URLS = [f"https://ct.example.net/logs/log{i:02d}/" for i in range(LOGS)]
 KEYS = ("source_url", "cert_index")
@@ -73,10 +83,13 @@ def chunk(start: int, rows: int, total: int) -> object:
         return pc.subtract(values, pc.multiply(pc.divide(values, by), by))
 
     i = pa.array(range(start, start + rows), pa.int64())
-    every = max(1, total // (BACKFILL_MAX // 2))  # log 0's held entries, spread evenly
-    backfill = pc.and_(pc.equal(mod(i, every), 0), pc.less(pc.divide(i, every), BACKFILL_MAX // 2))
-    log = pc.if_else(backfill, 0, pc.add(mod(i, LOGS - 1), 1))
-    position = pc.if_else(backfill, pc.multiply(pc.divide(i, every), 2), pc.divide(i, LOGS - 1))
+    if BACKFILL_LOG == "gap":
+        log, position = gap_layout(start, rows, total)
+    else:
+        every = max(1, total // (BACKFILL_MAX // 2))  # log 0's held entries, spread evenly
+        held = pc.and_(pc.equal(mod(i, every), 0), pc.less(pc.divide(i, every), BACKFILL_MAX // 2))
+        log = pc.if_else(held, 0, pc.add(mod(i, LOGS - 1), 1))
+        position = pc.if_else(held, pc.multiply(pc.divide(i, every), 2), pc.divide(i, LOGS - 1))
     index = pc.add(pa.array(BASES, pa.int64()).take(log), position)
     first_day = datetime(2026, 1, 1, tzinfo=UTC)
     days = sorted(set(range(start // DAY_ROWS, (start + rows - 1) // DAY_ROWS + 1)))
@@ -90,6 +103,33 @@ def chunk(start: int, rows: int, total: int) -> object:
             "seen_date": dates,
         }
     )
+
+
+def gap_layout(start: int, rows: int, total: int) -> tuple[object, object]:
+    """Rows [start, start + rows) of the "gap" main: (log, position in the log) per row.
+    Outside the window log 0 is every LOGS-th row, at positions below 0 before it and from
+    BACKFILL_MAX on after it; inside, every GAP_SHARE-th row, at the even positions of
+    [0, BACKFILL_MAX). Every other row is one of logs 1.. in turn."""
+    import numpy as np
+    import pyarrow as pa
+
+    window = GAP_SHARE * (BACKFILL_MAX // 2)
+    if total < 2 * window:
+        raise SystemExit(f"--backfill-log gap needs a main of at least {2 * window} rows")
+    first = (total // 2 - window // 2) // FILE_ROWS * FILE_ROWS
+    i = np.arange(start, start + rows, dtype=np.int64)
+    k = i - first
+    inside = (k >= 0) & (k < window)
+    log = (1 + i % (LOGS - 1)).astype(np.int64)
+    position = i // (LOGS - 1)
+    held = inside & (k % GAP_SHARE == 0)
+    before = (k < 0) & (i % LOGS == 0)
+    after = (k >= window) & (i % LOGS == 0)
+    log[held | before | after] = 0
+    position[held] = 2 * (k[held] // GAP_SHARE)
+    position[before] = -((first - i[before]) // LOGS) - 1
+    position[after] = BACKFILL_MAX + (k[after] - window) // LOGS
+    return pa.array(log), pa.array(position)
 
 
 def generate_main(rows: int) -> Path:
@@ -212,6 +252,8 @@ def contender_command(name: str, main: Path, staging: Path) -> list[str]:
             str(exe), "--main", str(main), "--staging", str(staging), "--keep-staging",
             "--batch-rows", "250000", "--log-format", "json", "--metrics-file", os.devnull,
         ]  # fmt: skip
+    if name == "stagingmerge-noindex":  # the merge as it was before the key-range index
+        return [*contender_command("stagingmerge", main, staging), "--no-key-index"]
     if name == "keyscan":
         code = (
             "import sys, pyarrow as pa; from deltalake import DeltaTable\n"
@@ -306,7 +348,8 @@ def main() -> None:
     parser.add_argument("--contenders", default="stagingmerge,append,keyscan,keyscan-partitioned")
     parser.add_argument("--layouts", default="unclustered,clustered,indexed")
     parser.add_argument("--repeat", type=int, default=3, help="runs per contender (median)")
-    parser.add_argument("--backfill-log", choices=["lowest", "middle"], default=BACKFILL_LOG)
+    parser.add_argument("--backfill-log", choices=["lowest", "middle", "gap"], default=BACKFILL_LOG)
+    parser.add_argument("--results", default="scale.json", help="file under bench/results/")
     parser.add_argument(
         "--one", nargs=3, metavar=("NAME", "MAIN", "STAGING"), help=argparse.SUPPRESS
     )
@@ -324,7 +367,7 @@ def main() -> None:
         os.execv(sys.executable, [sys.executable, __file__, *sys.argv[1:]])
     precompile()
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / "scale.json"
+    path = RESULTS / args.results
     record = json.loads(path.read_text()) if path.exists() else {"results": []}
     for main_rows in [int(x) for x in args.main_rows.split(",")]:
         unclustered = generate_main(main_rows)

@@ -141,6 +141,7 @@ class _Run:
         else:
             self._merge_spans(staging, plan, main)  # 3.
             metrics.outcome = Outcome.DRY_RUN if req.dry_run else Outcome.MERGED
+        main.save_index()  # the key-range index entries made on the way (never in a dry run)
         if req.deletes:
             finish.finish(req, staging, prefix, plan.plan_id, metrics)  # 4.
 

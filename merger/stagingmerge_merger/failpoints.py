@@ -9,7 +9,8 @@ exact moment of a run). Unset (always, in production) each costs one dict lookup
 Points: `batch-before-commit` (the batch's rows are read, nothing committed),
 `batch-after-commit` (the batch's commit landed), `staging-delete` (the merge is
 complete, the marker written and staging's Delta log deleted, its data files not),
-`cluster-after-commit` (stagingmerge-cluster: a partition's rewrite committed).
+`cluster-after-commit` (stagingmerge-cluster: a partition's rewrite committed),
+`key-index-loaded` (a merge read main's key-range index, before reading main's keys).
 """
 
 from __future__ import annotations

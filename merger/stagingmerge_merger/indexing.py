@@ -4,9 +4,11 @@ Every data file of main at its current version that the index has no exact entry
 (rangeindex.py) has its key columns read, once, and gets one entry per key prefix. The
 entries of each batch of `files_per_pass` files go into one new index file, written
 create-only: a run that is stopped or killed keeps every batch it wrote, and the rerun
-indexes only the rest (resumable); memory holds one batch's entries and one file's keys
-at a time. Files removed from main since (OPTIMIZE, a rewrite) simply stop being
-looked up: their entries are never used again.
+indexes only the rest (resumable); memory holds one batch's entries and one row group's
+keys at a time. Files removed from main since (OPTIMIZE, a rewrite) simply stop being
+looked up: their entries are never used again, and the next run drops them when it
+folds the index into one file (`_compact`: past COMPACT_ABOVE index files, which merges
+adding entries on the way leave, or with entries of no current file).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import pyarrow as pa
 import structlog
 
 from . import rangeindex
-from .contract import DEFAULT_KEYS, Outcome, fit_json
+from .contract import DEFAULT_KEYS, KEY_INDEX_DIR, Outcome, fit_json
 from .delta import Table, TableNotFoundError, plain_schema
 from .delta.files import Files, FileStat
 from .errors import InvalidInputError, MergeInterruptedError
@@ -29,6 +31,7 @@ from .storage import Location, Prefix
 log = structlog.get_logger("stagingmerge.index")
 
 FILES_PER_PASS = 256  # files whose entries go into one index file (a 10^4-file main: ~40)
+COMPACT_ABOVE = 8  # index files past which a run folds them into one (_compact)
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,8 @@ class IndexMetrics:
     index_files_written: int = 0
     index_files_ignored: int = 0  # unreadable, corrupt, or another table's: their files redone
     index_bytes_read: int = 0
+    index_files_compacted: int = 0  # index files folded into one (a dry run: that it would)
+    entries_dropped: int = 0  # entries of files main no longer has (or that do not add up)
     key_rows_read: int = 0
     duration_seconds: float = 0.0
     dry_run: bool = False
@@ -115,13 +120,14 @@ def _index(request: IndexRequest, metrics: IndexMetrics, should_stop: Callable[[
         already_indexed=metrics.files_already_indexed,
         to_index=len(todo),
     )
-    if not todo:
-        metrics.outcome = Outcome.NOTHING_TO_DO
-        return
     if request.dry_run:
         metrics.files_indexed = len(todo)
+        passes = -(-len(todo) // request.files_per_pass)  # the index files a run would write
+        _compact(prefix, table, files, loaded, ["(to write)"] * passes, [], metrics, dry_run=True)
         metrics.outcome = Outcome.DRY_RUN
         return
+    written: list[str] = []
+    made: list[pa.Table] = []  # this run's entries, for the compaction
     for start in range(0, len(todo), request.files_per_pass):
         if should_stop():
             metrics.outcome = Outcome.INTERRUPTED
@@ -131,7 +137,10 @@ def _index(request: IndexRequest, metrics: IndexMetrics, should_stop: Callable[[
             )
         batch = todo[start : start + request.files_per_pass]
         entries = _entries(files, batch, key_schema, metrics)
-        rangeindex.write(prefix, entries, table.table_id(), request.keys, table.version)
+        written.append(
+            rangeindex.write(prefix, entries, table.table_id(), request.keys, table.version)
+        )
+        made.append(entries)
         metrics.files_indexed += len(batch)
         metrics.files_left -= len(batch)
         metrics.entries_written += entries.num_rows
@@ -142,7 +151,45 @@ def _index(request: IndexRequest, metrics: IndexMetrics, should_stop: Callable[[
             of=len(todo),
             entries=metrics.entries_written,
         )
-    metrics.outcome = Outcome.INDEXED
+    _compact(prefix, table, files, loaded, written, made, metrics, dry_run=False)
+    done = metrics.files_indexed or metrics.index_files_compacted
+    metrics.outcome = Outcome.INDEXED if done else Outcome.NOTHING_TO_DO
+
+
+def _compact(
+    prefix: Prefix,
+    table: Table,
+    files: Files,
+    loaded: rangeindex.Loaded,
+    written: list[str],
+    made: list[pa.Table],
+    metrics: IndexMetrics,
+    *,
+    dry_run: bool,
+) -> None:
+    """Fold the index into one file when it has more than COMPACT_ABOVE files (every
+    merge adds one, and every merge reads them all) or entries of no current file
+    (OPTIMIZE, a rewrite, entries that do not add up). The new file is written before
+    the files it folds are deleted, and only files this run read whole are deleted: a
+    merge or indexer that reads the index meanwhile finds every entry in one or the
+    other (or reads the file), and files written meanwhile stay."""
+    old = loaded.index.live(files.files)
+    kept = old.num_rows + sum(t.num_rows for t in made)
+    dropped = loaded.index.distinct_entries() - old.num_rows
+    folded = [*loaded.names, *written]
+    if len(folded) <= COMPACT_ABOVE and not (dropped and loaded.names):
+        return
+    metrics.index_files_compacted = len(folded)
+    metrics.entries_dropped = dropped
+    log.info("compacting the index", index_files=len(folded), entries=kept, dropped=dropped)
+    if dry_run:
+        return
+    entries = pa.concat_tables([old, *made]) if made else old
+    name = rangeindex.write(prefix, entries, table.table_id(), list(files.keys), table.version)
+    metrics.index_files_written += 1
+    for old_name in folded:
+        if old_name != name:  # a rerun over one compacted file writes the same bytes
+            prefix.delete(f"{KEY_INDEX_DIR}/{old_name}")
 
 
 def _entries(
@@ -150,7 +197,9 @@ def _entries(
 ) -> pa.Table:
     tables = []
     for stat in batch:
-        keys = files.keys_of_file(stat, key_schema)
-        metrics.key_rows_read += keys.num_rows
-        tables.append(rangeindex.entries_of(stat, keys, key_schema))
+        parts = []
+        for keys in files.key_groups(stat, key_schema, encoded=True)[1]:  # by row group
+            metrics.key_rows_read += keys.num_rows
+            parts.append(rangeindex.entries_of(stat, keys, key_schema))
+        tables.append(rangeindex.combine(parts, key_schema))
     return pa.concat_tables(tables)

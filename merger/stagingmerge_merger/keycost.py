@@ -20,14 +20,13 @@ import os
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import structlog
 
-from .contract import UNCLUSTERED_WARN_BYTES_ENV, MergeMetrics
-from .delta.files import Box, Files, FileStat, footer_of, may_hold
+from .contract import INDEX_BEHIND_BYTES_ENV, UNCLUSTERED_WARN_BYTES_ENV, MergeMetrics
+from .delta.files import Box, Files, FileStat, footer_of, groups_meeting
 from .errors import MergeError
 from .storage import Location
 
@@ -37,6 +36,7 @@ FOOTER_SAMPLE = 32
 # warn when a run read the keys of more than half of main's files, and at least this much
 # (UNCLUSTERED_WARN_BYTES_ENV overrides it)
 UNCLUSTERED_WARN_BYTES = 256 * 1024 * 1024
+INDEX_BEHIND_BYTES = 1024**3  # see index_behind_threshold
 
 
 @dataclass
@@ -53,54 +53,41 @@ class KeyCost:
         read = sum(self._read_bytes(files, f, boxes) for f in sample)
         return int(read / max(1, sum(f.size for f in sample)) * sum(f.size for f in touched))
 
-    def _read_bytes(self, files: Files, stat: FileStat, boxes: Sequence[Box]) -> int:
-        """The key chunks of the row groups the boxes may hit. A footer that cannot be
-        read (an absolute path in the log, a store hiccup) counts as the whole file."""
+    def footer(self, files: Files, stat: FileStat) -> pq.FileMetaData | None:
+        """One file's footer, read once a run (None: it cannot be read: an absolute path
+        in the log, a store hiccup)."""
         if stat.path not in self._footers:
             try:
                 self._footers[stat.path] = footer_of(files.prefix, stat)
             except (MergeError, OSError, ValueError, pa.ArrowException, struct.error):
                 self._footers[stat.path] = None
-        footer = self._footers[stat.path]
+        return self._footers[stat.path]
+
+    def _read_bytes(self, files: Files, stat: FileStat, boxes: Sequence[Box]) -> int:
+        """The key chunks of the row groups the boxes may hit. A footer that cannot be
+        read counts as the whole file."""
+        footer = self.footer(files, stat)
         if footer is None:
             return stat.size
         return _row_group_bytes(footer, files.physical, boxes)
 
 
-def _bounds(stats: pq.Statistics) -> tuple[Any, Any]:
-    """A row group's min and max, a date as its day number (keyvalues.as_numbers): the
-    physical value, which also exists past year 9999."""
-    if str(stats.logical_type) == "Date":
-        return stats.min_raw, stats.max_raw
-    return stats.min, stats.max
-
-
 def _row_group_bytes(footer: pq.FileMetaData, physical: Sequence[str], boxes: Sequence[Box]) -> int:
     total = 0
-    for group in range(footer.num_row_groups):
+    for group in groups_meeting(footer, physical, boxes):
         row_group = footer.row_group(group)
-        chunks = {}
         for column in range(row_group.num_columns):
             chunk = row_group.column(column)
             if chunk.path_in_schema in physical:
-                chunks[chunk.path_in_schema] = chunk
-        lows, highs = [], []
-        for name in physical:
-            stats = chunks[name].statistics if name in chunks else None
-            if stats is None or not stats.has_min_max:
-                break
-            low, high = _bounds(stats)
-            lows.append(low)
-            highs.append(high)
-        else:
-            group_stat = FileStat("", 0, tuple(lows), tuple(highs))
-            try:
-                if not any(may_hold(group_stat, box) for box in boxes):
-                    continue  # the reader skips this row group
-            except TypeError:
-                pass  # statistics of a type that does not compare: it is read
-        total += sum(int(c.total_compressed_size) for c in chunks.values())
+                total += int(chunk.total_compressed_size)
     return total
+
+
+def index_behind_threshold() -> int:
+    """Bytes of main's files with no key-range index entry, read by one scan, past which a
+    merge says the index is behind (INDEX_BEHIND_BYTES_ENV overrides it)."""
+    raw = os.environ.get(INDEX_BEHIND_BYTES_ENV, "")
+    return int(raw) if raw.strip().isdigit() else INDEX_BEHIND_BYTES
 
 
 def warn_threshold() -> int:

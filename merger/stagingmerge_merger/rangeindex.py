@@ -89,7 +89,8 @@ def entry_schema(key_schema: pa.Schema) -> pa.Schema:
 
 
 def entries_of(stat: FileStat, keys: pa.Table, key_schema: pa.Schema) -> pa.Table:
-    """One file's entries, from every row's key columns (`keys`, as `key_schema`)."""
+    """One file's entries, from every row's key columns (`keys`, as `key_schema` or its
+    delta.files.encoded_schema)."""
     names = key_schema.names
     *prefix, last = names
     numbers = as_numbers(keys.select(names))
@@ -98,7 +99,11 @@ def entries_of(stat: FileStat, keys: pa.Table, key_schema: pa.Schema) -> pa.Tabl
         grouped = numbers.group_by(prefix, use_threads=False).aggregate(
             [(last, "min"), (last, "max"), ([], "count_all")]
         )
-        columns = [grouped.column(p) for p in prefix]
+        # a prefix read as a dictionary (Files.key_groups) is grouped on its codes
+        columns = [
+            pc.cast(grouped.column(p), schema.field(n).type)
+            for p, n in zip(prefix, _prefix_columns(names), strict=True)
+        ]
         low, high = grouped.column(f"{last}_min"), grouped.column(f"{last}_max")
         rows = grouped.column("count_all")
         count = grouped.num_rows
@@ -120,6 +125,24 @@ def entries_of(stat: FileStat, keys: pa.Table, key_schema: pa.Schema) -> pa.Tabl
         ],
         schema=schema,
     )
+
+
+def combine(partials: Sequence[pa.Table], key_schema: pa.Schema) -> pa.Table:
+    """One file's entries from those of its parts (row groups, by entries_of): per
+    prefix, the lowest low, the highest high and the rows summed."""
+    schema = entry_schema(key_schema)
+    if not partials:
+        return schema.empty_table()
+    if len(partials) == 1:
+        return partials[0]
+    entries = pa.concat_tables(partials)
+    groups = [PATH, SIZE, *_prefix_columns(key_schema.names)]
+    combined = entries.group_by(groups, use_threads=False).aggregate(
+        [(LOW, "min"), (HIGH, "max"), (ROWS, "sum")]
+    )
+    named = {**{g: combined.column(g) for g in groups}, LOW: combined.column(f"{LOW}_min")}
+    named[HIGH], named[ROWS] = combined.column(f"{HIGH}_max"), combined.column(f"{ROWS}_sum")
+    return pa.table([named[name] for name in schema.names], schema=schema)
 
 
 def encode(entries: pa.Table, table_id: str, names: Sequence[str], version: int) -> bytes:
@@ -160,9 +183,13 @@ def decode(
 @dataclass(frozen=True)
 class Loaded:
     index: RangeIndex
-    files_read: int
+    names: tuple[str, ...]  # the index files read whole (under KEY_INDEX_DIR)
     files_ignored: int
     bytes_read: int
+
+    @property
+    def files_read(self) -> int:
+        return len(self.names)
 
 
 class RangeIndex:
@@ -183,12 +210,12 @@ class RangeIndex:
         table's; the others are ignored (logged), which only means their files are read."""
         names = key_schema.names
         schema = entry_schema(key_schema)
-        tables, ignored, size = [], 0, 0
+        tables, names_read, ignored, size = [], [], 0, 0
         try:
             listed = [name for name, _ in prefix.list(KEY_INDEX_DIR) if name.endswith(".parquet")]
         except MergeError as exc:
             log.warning("key-range index not read; main's files are read", error=str(exc))
-            return Loaded(cls.empty(key_schema), 0, 0, 0)
+            return Loaded(cls.empty(key_schema), (), 0, 0)
         for name in sorted(listed):
             try:
                 data = prefix.read(f"{KEY_INDEX_DIR}/{name}")
@@ -196,6 +223,7 @@ class RangeIndex:
                     continue  # removed meanwhile (compacted)
                 size += len(data)
                 tables.append(decode(name, data, table_id, names, schema))
+                names_read.append(name)
             except (MergeError, ValueError, OSError, pa.ArrowException) as exc:
                 ignored += 1
                 log.warning(
@@ -204,7 +232,7 @@ class RangeIndex:
                     error=str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__,
                 )
         entries = pa.concat_tables(tables) if tables else schema.empty_table()
-        return Loaded(cls(entries, key_schema), len(tables), ignored, size)
+        return Loaded(cls(entries, key_schema), tuple(names_read), ignored, size)
 
     def exact(self, files: Sequence[FileStat]) -> set[str]:
         """The paths of `files` with an exact entry: named by path and size, with row
@@ -252,6 +280,24 @@ class RangeIndex:
         meeting = self._meeting(entries, ranges)
         keep = [f for f in touched if f.path not in exact or f.path in meeting]
         return keep, exact
+
+    def live(self, files: Sequence[FileStat]) -> pa.Table:
+        """Each entry once, of the files of `files` it has an exact entry for: what a
+        compacted index keeps (entries of files main no longer has, and of files whose
+        entries do not add up, are dropped: those are read, and indexed again)."""
+        exact = self.exact(files)
+        kept = [f for f in files if f.path in exact]
+        wanted = pa.table(
+            {
+                PATH: pa.array([f.path for f in kept], pa.string()),
+                SIZE: pa.array([f.size for f in kept], pa.int64()),
+            }
+        )
+        live = self._distinct.join(wanted, [PATH, SIZE], join_type="inner")
+        return live.select(self.schema.names).cast(self.schema)
+
+    def distinct_entries(self) -> int:
+        return int(self._distinct.num_rows)
 
     def __len__(self) -> int:
         return int(self.entries.num_rows)

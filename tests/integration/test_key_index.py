@@ -7,9 +7,11 @@ over every column."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -298,3 +300,171 @@ def test_merges_keep_an_index_current(store):
     assert runs[1]["key_index_entries_written"] >= 1
     # the third's range lies in the first merge's file only: every other file is skipped
     assert runs[2]["main_files_scanned"] == 1
+
+
+@LOCAL_AND_S3
+def test_merges_build_the_index_on_the_way_then_prune(store):
+    """A main nobody indexed: while most files have no entry, delta-rs scans as without an
+    index and each merge indexes a sample of them besides; once the index rules out most
+    files, a merge reads only the rest and indexes those; from then on it reads only the
+    files that hold staging's keys. Every run gives exactly the table an unindexed main
+    gets."""
+    live_main(store, "indexed")
+    live_main(store, "plain")
+    backfill(store, "staging")
+    runs = []
+    for _ in range(2 * COMMITS):  # each run indexes at least one more file
+        got, want = merge(store, "indexed"), merge(store, "plain", "--no-key-index")
+        assert got.code == want.code == 0, got.stderr + want.stderr
+        assert store.rows("indexed").equals(store.rows("plain"))
+        runs.append(got.metrics)
+        if got.metrics["key_index_entries_written"] == 0:
+            break
+    assert runs[0]["key_index_entries_written"] >= 1  # the first run already indexes a file
+    assert runs[0]["main_files_pruned_by_index"] == 0
+    assert runs[0]["inserted"] == PER_LOG // 2 and runs[-1]["inserted"] == 0
+    # in the end only main's last live commit and the first merge's commit hold log 1's range
+    last = runs[-1]
+    assert last["main_files_scanned"] == 2
+    assert last["main_files_pruned_by_index"] == COMMITS - 1
+    assert last["key_index_entries_written"] == 0
+    built = index(store, "indexed")
+    assert built.metrics["outcome"] == Outcome.NOTHING_TO_DO, built.metrics
+
+
+@LOCAL_AND_S3
+def test_shards_at_once_each_add_to_the_index(store, tmp_path):
+    """Two shards of one merge, held until both have read the (empty) index, then let go:
+    each writes its own index file, never over the other's, and the index they leave is
+    whole, usable, and the merge exact."""
+    live_main(store, "indexed")
+    live_main(store, "plain")
+    backfill(store, "staging")
+    env = {**os.environ, **store.env}
+    runs, pauses = [], [tmp_path / f"shard{i}" for i in range(2)]
+    for shard, pause in enumerate(pauses):
+        argv = [
+            str(Path(sys.executable).with_name("stagingmerge-merge")),
+            "--log-format", "json", "--keep-staging", "--shard", f"{shard}/2",
+            "--main", store.uri("indexed"), "--staging", store.uri("staging"),
+        ]  # fmt: skip
+        runs.append(
+            subprocess.Popen(
+                argv,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env={**env, "STAGINGMERGE_PAUSE": f"key-index-loaded:{pause}"},
+            )
+        )
+    for run, pause in zip(runs, pauses, strict=True):
+        while not Path(f"{pause}.waiting").exists():  # readiness, not time
+            assert run.poll() is None, run.communicate()[1]
+            time.sleep(0.05)
+    for pause in pauses:
+        Path(f"{pause}.go").touch()
+    written = []
+    for run in runs:
+        out, err = run.communicate(timeout=300)
+        assert run.returncode == 0, err
+        written.append(json.loads(out.strip().splitlines()[-1])["key_index_entries_written"])
+    assert all(written), written
+    assert len(index_files(store, "indexed")) == 2
+    want = merge(store, "plain", "--no-key-index")
+    assert want.code == 0 and store.rows("indexed").equals(store.rows("plain"))
+    rest = index(store, "indexed", "--dry-run")
+    assert rest.metrics["index_files_ignored"] == 0
+    assert rest.metrics["files_already_indexed"] >= 1
+
+
+@LOCAL_AND_S3
+def test_a_clustered_file_is_read_by_row_group_and_left_unindexed(store):
+    """An indexed main, then a file of sorted keys in 50-row row groups with string
+    statistics truncated to 12 characters: the merge reads only the row groups whose
+    statistics meet staging's ranges, exactly, and gives that file no entry (it was not
+    read whole)."""
+    from deltalake import WriterProperties
+
+    live_main(store, "indexed")
+    live_main(store, "plain")
+    assert index(store, "indexed").code == 0
+    ordered = [(log, log * HEIGHT + 10**5 + i) for log in range(3) for i in range(300)]
+    rows = ct([p[0] for p in ordered], [p[1] for p in ordered], seed=42)
+    props = WriterProperties(max_row_group_size=50, statistics_truncate_length=12)
+    for name in ("indexed", "plain"):
+        write_deltalake(
+            store.uri(name), rows, mode="append", writer_properties=props,
+            storage_options=store.options or None,
+        )  # fmt: skip
+    indexes = list(range(HEIGHT + 10**5 + 120, HEIGHT + 10**5 + 420))  # 180 held, 120 new
+    store.write("staging", ct([1] * len(indexes), indexes, seed=7))
+    got, want = merge(store, "indexed"), merge(store, "plain", "--no-key-index")
+    assert got.code == want.code == 0, got.stderr + want.stderr
+    assert store.rows("indexed").equals(store.rows("plain"))
+    assert got.metrics["inserted"] == want.metrics["inserted"] == 120
+    assert got.metrics["main_files_scanned"] == 1  # the sorted file; every live one pruned
+    assert got.metrics["main_files_pruned_by_index"] == COMMITS
+    assert got.metrics["key_index_entries_written"] == 0
+
+
+@LOCAL_AND_S3
+def test_indexing_compacts_many_index_files_and_drops_stale_entries(store):
+    """Merges and passes leave many small index files, which every merge reads: past
+    eight, `stagingmerge-index` folds them into one (a dry run says it would, and writes
+    nothing); after an OPTIMIZE it drops the rewritten files' entries. The merge through
+    the compacted index is exact and prunes as before."""
+    live_main(store, "indexed")
+    live_main(store, "plain")
+    first = index(store, "indexed", "--files-per-pass", "1")
+    assert first.metrics["index_files_compacted"] == 0
+    assert len(index_files(store, "indexed")) == COMMITS
+    for commit in range(COMMITS, COMMITS + 3):  # the live writer goes on
+        pairs = [
+            (log, log * HEIGHT + commit * PER_LOG + i) for i in range(PER_LOG) for log in range(3)
+        ]
+        for name in ("indexed", "plain"):
+            store.write(name, ct([p[0] for p in pairs], [p[1] for p in pairs], seed=commit))
+    dry = index(store, "indexed", "--files-per-pass", "1", "--dry-run")
+    assert dry.metrics["index_files_compacted"] == COMMITS + 3
+    assert len(index_files(store, "indexed")) == COMMITS
+    folded = index(store, "indexed", "--files-per-pass", "1")
+    assert folded.code == 0, folded.stderr
+    assert folded.metrics["files_indexed"] == 3
+    assert folded.metrics["index_files_compacted"] == COMMITS + 3
+    assert folded.metrics["entries_dropped"] == 0
+    assert len(index_files(store, "indexed")) == 1
+    backfill(store, "staging")
+    got, want = merge(store, "indexed"), merge(store, "plain", "--no-key-index")
+    assert got.code == want.code == 0, got.stderr + want.stderr
+    assert store.rows("indexed").equals(store.rows("plain"))
+    assert got.metrics["main_files_pruned_by_index"] >= COMMITS - 1
+
+    DeltaTable(store.uri("indexed"), storage_options=store.options or None).optimize.compact()
+    again = index(store, "indexed")
+    assert again.code == 0, again.stderr
+    assert again.metrics["entries_dropped"] >= 3 * (COMMITS + 3)
+    assert again.metrics["files_already_indexed"] == 0  # every file is new after OPTIMIZE
+    assert len(index_files(store, "indexed")) == 1
+    assert index(store, "indexed").metrics["outcome"] == Outcome.NOTHING_TO_DO
+
+
+def test_a_merge_that_finds_the_index_far_behind_says_so_once(tmp_path):
+    """Past the threshold of bytes with no entry (STAGINGMERGE_INDEX_BEHIND_BYTES here 1),
+    one warning line names `stagingmerge-index` for this main, with the files and bytes."""
+    from tests.stores import Store
+
+    store = Store("local", str(tmp_path))
+    live_main(store, "main")
+    backfill(store, "staging")
+    env = {**store.env, "STAGINGMERGE_INDEX_BEHIND_BYTES": "1"}
+    where = ("--main", store.uri("main"), "--staging", store.uri("staging"), "--keep-staging")
+    got = run_cli(*where, env=env)
+    assert got.code == 0, got.stderr
+    lines = [json.loads(line) for line in got.stderr.splitlines() if "index is behind" in line]
+    assert len(lines) == 1, got.stderr
+    assert f"stagingmerge-index --main {store.uri('main')}" in lines[0]["event"]
+    assert lines[0]["level"] == "warning" and lines[0]["files"] == COMMITS
+    assert lines[0]["bytes"] > 0
+    quiet = run_cli(*where)
+    assert quiet.code == 0 and quiet.metrics["main_files_scanned"] > 0, quiet.stderr
+    assert "index is behind" not in quiet.stderr  # the default threshold is 1 GiB

@@ -5,6 +5,7 @@ staging range of its prefix), against plain Python sets."""
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 
 import pyarrow as pa
 import pytest
@@ -152,3 +153,35 @@ def test_within_boxes_keeps_what_the_scan_predicate_keeps():
     kept = rangeindex.within_boxes(table, predicate_boxes(KEYS.names, ranges))
     got = zip(kept["log"].to_pylist(), kept["index"].to_pylist(), strict=True)
     assert sorted(got) == [("a", 5), ("c", 9)]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    pairs=st.lists(
+        st.tuples(st.sampled_from(["a", "b", "c"]), st.integers(-(10**6), 10**6)),
+        min_size=1,
+        max_size=60,
+    ),
+    cuts=st.lists(st.integers(1, 59), max_size=5),
+)
+def test_a_file_s_entries_from_its_row_groups_equal_those_from_the_whole_file(pairs, cuts):
+    """A file is indexed a row group at a time (memory holds one row group's keys): the
+    entries combined from its parts are the entries of the whole file."""
+    bounds = sorted({0, len(pairs), *(c for c in cuts if c < len(pairs))})
+    parts = [
+        rangeindex.entries_of(stat("f", len(pairs)), keys(pairs[a:b]), KEYS)
+        for a, b in itertools.pairwise(bounds)
+    ]
+    combined = rangeindex.combine(parts, KEYS)
+    whole = rangeindex.entries_of(stat("f", len(pairs)), keys(pairs), KEYS)
+    assert combined.schema.equals(whole.schema)
+    assert combined.sort_by("p0").equals(whole.sort_by("p0"))
+    assert rangeindex.RangeIndex(combined, KEYS).exact([stat("f", len(pairs))]) == {"f"}
+
+
+def test_keys_of_one_column_combine_to_one_entry():
+    schema = pa.schema([pa.field("n", pa.int64())])
+    table = pa.table({"n": [5, -2, 9]}, schema=schema)
+    parts = [rangeindex.entries_of(stat("f", 3), table.slice(i, 1), schema) for i in range(3)]
+    combined = rangeindex.combine(parts, schema).to_pylist()
+    assert combined == [{"path": "f", "size": 100, "low": -2, "high": 9, "rows": 3}]

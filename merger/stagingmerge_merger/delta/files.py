@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import io
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
@@ -105,18 +106,26 @@ class Files:
         """The paths one commit added, from its entry in the Delta log (None if unreadable)."""
         return added_paths(self.prefix, version)
 
-    def keys_of(self, files: Sequence[FileStat], schema: pa.Schema) -> pa.Table | None:
+    def keys_of(
+        self,
+        files: Sequence[FileStat],
+        schema: pa.Schema,
+        each: Callable[[FileStat, pa.Table], None] | None = None,
+    ) -> pa.Table | None:
         """The key columns of a few files, read from the files themselves. Every row a file
         holds is returned, deleted or not: a superset, which can only make the merge skip
         a key another writer deleted meanwhile (the documented race). None when reading
         files would not be faithful: a key column that is a partition column lives in the
-        log, not in the files (the caller then reads through delta-rs)."""
+        log, not in the files (the caller then reads through delta-rs). `each` is given
+        every file's keys as they are read (the key-range index's entries)."""
         if not self.keys_in_files():
             return None
         tables = []
         try:
             for stat in files:
                 tables.append(self.keys_of_file(stat, schema))
+                if each is not None:
+                    each(stat, tables[-1])
         except (pa.ArrowException, ValueError, KeyError):
             return None
         return pa.concat_tables(tables) if tables else schema.empty_table()
@@ -129,8 +138,49 @@ class Files:
     def keys_of_file(self, stat: FileStat, schema: pa.Schema) -> pa.Table:
         """Every row's key columns of one data file, as `schema` (keys_in_files must
         hold). Raises Arrow's errors, and storage's, as they come."""
-        rows = parquet_file(self.prefix, stat).read(columns=list(self.physical))
-        return rows.rename_columns(list(self.keys)).cast(schema)
+        groups = list(self.key_groups(stat, schema)[1])
+        return pa.concat_tables(groups) if groups else schema.empty_table()
+
+    def key_groups(
+        self,
+        stat: FileStat,
+        schema: pa.Schema,
+        boxes: Sequence[Box] | None = None,
+        encoded: bool = False,
+    ) -> tuple[bool, Iterator[pa.Table]]:
+        """The key columns of one data file, a row group at a time (memory holds one row
+        group's keys, whatever the file's size), as `schema`: with `boxes`, only the row
+        groups whose footer statistics meet one (those a scan reads). Also whether that is
+        every row group (the file is then read whole). `encoded`: the string columns
+        but the last as dictionaries (each distinct value once: a log's URL is in
+        every row, and grouping by it then hashes small integers; see encoded_schema).
+        Raises as keys_of_file."""
+        target = encoded_schema(schema) if encoded else schema
+        physical = dict(zip(self.keys, self.physical, strict=True))
+        dictionaries = [physical[f.name] for f in target if pa.types.is_dictionary(f.type)]
+        opened = parquet_file(self.prefix, stat, read_dictionary=dictionaries or None)
+        footer = opened.metadata
+        every = range(footer.num_row_groups)
+        groups = list(every) if boxes is None else groups_meeting(footer, self.physical, boxes)
+        columns, names = list(self.physical), list(self.keys)
+
+        def read() -> Iterator[pa.Table]:
+            for group in groups:
+                rows = opened.read_row_group(group, columns=columns)
+                yield rows.rename_columns(names).unify_dictionaries().cast(target)
+
+        return len(groups) == len(every), read()
+
+
+def encoded_schema(schema: pa.Schema) -> pa.Schema:
+    """`schema` with its string columns but the last as dictionaries (Files.key_groups)."""
+    fields = [
+        pa.field(f.name, pa.dictionary(pa.int32(), f.type), f.nullable)
+        if pa.types.is_string(f.type) and i < len(schema) - 1
+        else f
+        for i, f in enumerate(schema)
+    ]
+    return pa.schema(fields)
 
 
 def may_hold(stat: FileStat, box: Box) -> bool:
@@ -145,6 +195,47 @@ def may_hold(stat: FileStat, box: Box) -> bool:
     )
 
 
+def groups_meeting(
+    footer: pq.FileMetaData, physical: Sequence[str], boxes: Sequence[Box]
+) -> list[int]:
+    """The row groups of a file whose key columns' footer statistics meet one of the boxes
+    (every row group without usable statistics among them): those a Parquet reader given
+    the boxes' predicate reads."""
+    meeting = []
+    for group in range(footer.num_row_groups):
+        row_group = footer.row_group(group)
+        chunks = {}
+        for column in range(row_group.num_columns):
+            chunk = row_group.column(column)
+            if chunk.path_in_schema in physical:
+                chunks[chunk.path_in_schema] = chunk
+        lows, highs = [], []
+        for name in physical:
+            stats = chunks[name].statistics if name in chunks else None
+            if stats is None or not stats.has_min_max:
+                break
+            low, high = _bounds(stats)
+            lows.append(low)
+            highs.append(high)
+        else:
+            group_stat = FileStat("", 0, tuple(lows), tuple(highs))
+            try:
+                if not any(may_hold(group_stat, box) for box in boxes):
+                    continue  # the reader skips this row group
+            except TypeError:
+                pass  # statistics of a type that does not compare: it is read
+        meeting.append(group)
+    return meeting
+
+
+def _bounds(stats: pq.Statistics) -> tuple[Any, Any]:
+    """A row group's min and max, a date as its day number (keyvalues.as_numbers): the
+    physical value, which also exists past year 9999."""
+    if str(stats.logical_type) == "Date":
+        return stats.min_raw, stats.max_raw
+    return stats.min, stats.max
+
+
 def footer_of(prefix: Prefix, stat: FileStat) -> pq.FileMetaData:
     """One Parquet file's footer, read from its tail."""
     path = unquote(stat.path)  # the log holds a relative URI
@@ -157,9 +248,20 @@ def footer_of(prefix: Prefix, stat: FileStat) -> pq.FileMetaData:
 
 
 def parquet_file(prefix: Prefix, stat: FileStat, **options: Any) -> pq.ParquetFile:
-    """One data file, opened for reading chosen columns by byte range (`options`: those of
-    pyarrow's ParquetFile, e.g. how to read INT96)."""
-    return pq.ParquetFile(RangeFile(prefix, unquote(stat.path), stat.size), **options)
+    """One data file, opened for reading chosen columns (`options`: those of pyarrow's
+    ParquetFile, e.g. how to read INT96). A row group's chunks are fetched together
+    (`pre_buffer`: one ranged read each, not one per page, which measured 3x slower);
+    a local file is opened as a file (through byte ranges the kernel read 2.5x the
+    bytes), an object by byte ranges."""
+    path = unquote(stat.path)  # the log holds a relative URI
+    if prefix.location.is_local and not path.startswith("/") and "://" not in path:
+        try:
+            return pq.ParquetFile(
+                str(Path(prefix.location.path) / path), pre_buffer=True, **options
+            )
+        except FileNotFoundError:
+            pass  # storage's reading says why, as for any store
+    return pq.ParquetFile(RangeFile(prefix, path, stat.size), pre_buffer=True, **options)
 
 
 def _column(stats: pa.Table, name: str, missing: list[None]) -> list[Any]:
