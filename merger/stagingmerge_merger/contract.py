@@ -143,6 +143,9 @@ class MergeMetrics:
     concurrent_commits: int = _f(0, SUM)
     duplicates_repaired: int = _f(0, SUM)
     commit_retries: int = _f(0, SUM)
+    # our commits the store applied but whose answer was lost: the retry committed the same
+    # files again at the next version (counted once, and not among concurrent_commits)
+    commit_answers_lost: int = _f(0, SUM)
     # main-side cost (keycost.py): scans of main's key columns, the files they could not
     # skip (summed over scans), the key-column bytes of those files, main's file count
     main_key_scans: int = _f(0, SUM)

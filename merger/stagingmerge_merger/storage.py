@@ -291,6 +291,7 @@ class Prefix:
                     )
                 else:
                     config, client, retry = split_store_options(self._options)
+                    client = _with_allow_http_from_env(client, self.location.kind, self._options)
                     self._store = from_url(
                         self.location.url,
                         config=config or None,
@@ -445,7 +446,7 @@ class Prefix:
                 for page in _pages(obstore.list(store, prefix=prefix, chunk_size=page_size)):
                     paths = [p for p in page if p != COMPLETION_MARKER]
                     if paths:
-                        obstore.delete(store, paths)
+                        _delete_gone_or_not(store, paths)
                         deleted += len(paths)
                 if prefix:
                     failpoints.hit("staging-delete")  # tests only: crash half-way
@@ -457,6 +458,51 @@ class Prefix:
         except Exception as exc:
             raise _store_error(exc, self.location, self._options, "delete") from exc
         return deleted
+
+
+def _with_allow_http_from_env(
+    client: dict[str, Any], kind: str, options: Mapping[str, str]
+) -> dict[str, Any]:
+    """obstore reads `AWS_ALLOW_HTTP` (and its GCS/Azure siblings) from the environment
+    only when no client option is given: one option (`timeout=2s`) then made every
+    request to an http endpoint fail with "builder error". The environment's value is
+    kept unless the options set their own."""
+    if not client or "allow_http" in client:
+        return client
+    names = {"s3": "AWS_ALLOW_HTTP", "gs": "GOOGLE_ALLOW_HTTP", "az": "AZURE_ALLOW_HTTP"}
+    value = os.environ.get(names.get(kind, ""), "") or os.environ.get("ALLOW_HTTP", "")
+    if not value and kind == "gs" and _gcs_base_url(options).startswith("http://"):
+        value = "true"  # an emulator named by the service account, as GCS reads it
+    return {**client, "allow_http": value} if value else client
+
+
+def _gcs_base_url(options: Mapping[str, str]) -> str:
+    """The `gcs_base_url` of the service-account file GCS is given (empty: none)."""
+    named = {k.lower(): v for k, v in options.items()}
+    path = (
+        named.get("google_service_account")
+        or named.get("service_account")
+        or os.environ.get("GOOGLE_SERVICE_ACCOUNT", "")
+    )
+    try:
+        value = json.loads(Path(path).read_text()).get("gcs_base_url", "") if path else ""
+    except (OSError, ValueError, AttributeError):
+        return ""
+    return value if isinstance(value, str) else ""
+
+
+def _delete_gone_or_not(store: Any, paths: list[str]) -> None:
+    """Delete `paths`, one already gone being fine: the retry of a DELETE the store applied
+    but whose answer was lost finds nothing (Azure's batch and GCS then fail the call,
+    S3's bulk delete does not), as does a second run finishing the same deletion."""
+    import obstore
+
+    try:
+        obstore.delete(store, paths)
+    except FileNotFoundError:
+        for path in paths:
+            with contextlib.suppress(FileNotFoundError):
+                obstore.delete(store, path)
 
 
 _NO_FOLLOW_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW

@@ -12,6 +12,7 @@ import pytest
 
 from stagingmerge_merger.contract import Outcome
 from tests.helpers import ct, run_cli, run_cli_after_first_batch
+from tests.ports import free_port
 from tests.s3 import ACCESS_KEY, SECRET_KEY, MotoS3
 from tests.stores import Store
 
@@ -71,16 +72,10 @@ def test_store_outage_mid_merge_exits_1_keeps_staging_and_a_rerun_completes(buck
         server.stop()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def authenticating_s3():
     """A moto server process that checks credentials (INITIAL_NO_AUTH_ACTION_COUNT=0)."""
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"},

@@ -62,6 +62,15 @@ def test_commits_landing_between_the_catch_up_and_ours_are_late():
     assert v.others_since_ours(9) == 1
 
 
+def test_our_own_commit_whose_answer_was_lost_is_not_another_writer_s():
+    v = Versions.at(4)
+    assert v.committed(6, ours=1) == 0  # 5 was this batch, applied and its answer lost
+    assert v.seen == 6
+    v = Versions.at(4)
+    assert v.committed(7, ours=1) == 1  # 5 ours, 6 another writer's
+    assert v.seen == 4
+
+
 # --- MainWriter: catch-up, late commits, repair -------------------------------------------
 
 

@@ -55,3 +55,33 @@ def test_a_cast_failing_in_a_write_is_not_blamed_on_the_table(text):
 @pytest.mark.parametrize("text", TRANSIENT)
 def test_storage_failures_stay_worth_retrying(text):
     assert raised(text, "scan").exit_code == EXIT_RETRY
+
+
+# a footer not fetched because the store throttled or failed: seen with a 503 storm past
+# object_store's retries, once read as "its log names a data file that is not there"
+PASSING_FETCH = [
+    "External error: Parquet error: Parquet error: Failed to fetch metadata for file"
+    " twin/part-0.parquet: Object Store error: Generic S3 error: Error performing GET"
+    " http://127.0.0.1:1/b/twin/part-0.parquet in 281ms, after 2 retries - Server returned"
+    " non-2xx status code: 503 Service Unavailable: <Error><Code>SlowDown</Code></Error>",
+    "Parquet error: Failed to fetch metadata for file x.parquet: Generic GCS error: 429 Too"
+    " Many Requests",
+    "Parquet error: Failed to fetch metadata for file x.parquet: error sending request:"
+    " operation timed out",
+]
+
+
+@pytest.mark.parametrize("text", PASSING_FETCH)
+def test_a_footer_not_fetched_in_a_storm_is_retryable_not_a_missing_file(text):
+    error = raised(text, "scan")
+    assert error.exit_code == EXIT_RETRY
+    assert "not there" not in str(error)
+
+
+def test_a_footer_of_a_file_that_is_gone_is_a_broken_table():
+    error = raised(
+        "Parquet error: Failed to fetch metadata for file x.parquet: Object at location"
+        " x.parquet not found: 404 Not Found",
+        "scan",
+    )
+    assert error.exit_code == EXIT_INVALID and "names a data file that is not there" in str(error)

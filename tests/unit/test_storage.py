@@ -92,6 +92,20 @@ class TestOptions:
         )
         assert text == "bad key *** and *** in eu-west-1"
 
+    def test_a_client_option_keeps_the_environment_s_allow_http(self, monkeypatch, tmp_path):
+        """obstore drops the environment's client settings once a client option is given."""
+        keep = storage._with_allow_http_from_env
+        monkeypatch.setenv("AWS_ALLOW_HTTP", "true")
+        assert keep({"timeout": "2s"}, "s3", {}) == {"timeout": "2s", "allow_http": "true"}
+        assert keep({}, "s3", {}) == {}  # no client option: obstore reads the variable
+        assert keep({"allow_http": "false"}, "s3", {}) == {"allow_http": "false"}
+        account = tmp_path / "account.json"
+        account.write_text('{"gcs_base_url": "http://127.0.0.1:4443"}')
+        named = {"google_service_account": str(account)}
+        assert keep({"timeout": "2s"}, "gs", named)["allow_http"] == "true"
+        account.write_text('{"gcs_base_url": "https://storage.googleapis.com"}')
+        assert "allow_http" not in keep({"timeout": "2s"}, "gs", named)
+
     def test_split_for_obstore(self):
         config, client, retry = storage.split_store_options(
             {

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 from .. import keyvalues
 from ..storage import Prefix
-from .log import added_paths
+from .log import added_paths, commit_info
 from .table import Table
 
 Box = tuple[tuple[Any, ...], tuple[Any, ...]]  # (lows, highs) per key column
@@ -105,6 +105,10 @@ class Files:
     def added_by(self, version: int) -> set[str] | None:
         """The paths one commit added, from its entry in the Delta log (None if unreadable)."""
         return added_paths(self.prefix, version)
+
+    def written_by(self, version: int) -> dict[str, Any] | None:
+        """One commit's commitInfo, from the Delta log (None if unreadable)."""
+        return commit_info(self.prefix, version)
 
     def keys_of(
         self,

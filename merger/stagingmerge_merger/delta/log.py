@@ -18,8 +18,9 @@ cannot tell apart, from the log's listing and the commits it would replay:
 Anything else is invalid input (exit 2, naming the file): nothing is written and staging
 is kept. Everything else about the log (the actions' meaning, checkpoints' content,
 protocol features) is delta-rs's to read; this module only reads names and commit lines.
-It also answers, from the listing alone, which commit versions exist (`commit_versions`)
-and which files one commit added (`added_paths`).
+It also answers, from the listing alone, which commit versions exist (`commit_versions`),
+and from one commit's file which files it added (`added_paths`) and who wrote it
+(`commit_info`).
 """
 
 from __future__ import annotations
@@ -207,18 +208,36 @@ def _commit_name(version: int) -> str:
     return f"{version:020d}.json"
 
 
-def added_paths(prefix: Prefix, version: int) -> set[str] | None:
-    """The data files one commit added (paths as in the log, percent-decoded), from its
-    commit file; None when it cannot be read faithfully."""
+def _actions(prefix: Prefix, version: int) -> list[dict[str, Any]] | None:
+    """One commit's actions, from its commit file; None when it cannot be read
+    faithfully."""
     try:
         raw = prefix.read(f"{DELTA_LOG}/{_commit_name(version)}")
     except MergeError:
         return None
     if raw is None or problem_of(raw):
         return None
-    paths = set()
-    for line in raw.decode("utf-8").splitlines():
-        action: Any = json.loads(line) if line.strip() else None
-        if isinstance(action, dict) and isinstance(action.get("add"), dict):
-            paths.add(unquote(str(action["add"].get("path"))))
-    return paths
+    actions = (json.loads(line) for line in raw.decode("utf-8").splitlines() if line.strip())
+    return [action for action in actions if isinstance(action, dict)]
+
+
+def added_paths(prefix: Prefix, version: int) -> set[str] | None:
+    """The data files one commit added (paths as in the log, percent-decoded), from its
+    commit file; None when it cannot be read faithfully."""
+    actions = _actions(prefix, version)
+    if actions is None:
+        return None
+    return {
+        unquote(str(action["add"].get("path")))
+        for action in actions
+        if isinstance(action.get("add"), dict)
+    }
+
+
+def commit_info(prefix: Prefix, version: int) -> dict[str, Any] | None:
+    """One commit's commitInfo action (where writers record who they are and, for us,
+    the run and batch: stages/commits.py); None when there is none or it cannot be read."""
+    for action in _actions(prefix, version) or []:
+        if isinstance(action.get("commitInfo"), dict):
+            return dict(action["commitInfo"])
+    return None

@@ -571,7 +571,7 @@ def translate_errors(location: Location, options: Mapping[str, str], action: str
                 f"cannot {action} {location}: its log does not parse ({text}); no Delta writer"
                 " leaves such a log: repair or rewrite the table"
             ) from exc
-        if _MISSING_FILE.search(text):
+        if _MISSING_FILE.search(text) and not _PASSING.search(text):
             raise InvalidInputError(
                 f"cannot {action} {location}: its log names a data file that is not there"
                 f" ({text}); the table is broken (a file removed by hand, or by a VACUUM"
@@ -604,6 +604,14 @@ _UNDECODABLE = re.compile(
 )
 _MISSING_FILE = re.compile(
     r"(object at location \S+ not found|failed to fetch metadata for file)", re.IGNORECASE
+)
+# a store's answers that pass (throttling, a server error, a timeout, a dropped
+# connection): a footer not fetched for one of those is a storage failure to retry, not
+# a file missing for good (seen: a 503 SlowDown storm past the retries read as exit 2)
+_PASSING = re.compile(
+    r"\b(5\d\d|429)\b|slow ?down|too many requests|service unavailable|throttl|timed? ?out"
+    r"|timeout|connection (reset|refused|closed)|error sending request|broken pipe",
+    re.IGNORECASE,
 )
 
 

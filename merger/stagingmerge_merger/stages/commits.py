@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import random
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -50,6 +51,7 @@ INDEX_SHARE = 0.05  # of the files a delta-rs scan reads, the share also indexed
 SAMPLE_LOOKS = 4  # footers looked at per file sampled (files a scan reads whole qualify)
 REPAIR_ATTEMPTS = 10  # a leftover duplicate is worse than a slow batch
 REPAIR_CHUNK = 500  # keys per rewrite predicate when repairing concurrent duplicates
+RUN_KEY = "stagingmerge.run"  # commit metadata: the run that made the commit
 
 
 @dataclass
@@ -83,10 +85,12 @@ class Versions:
     def caught_up(self, version: int) -> None:
         self.seen = version
 
-    def committed(self, version: int) -> int:
-        """Our commit landed at `version`; returns the other writers' commits between the
-        last catch-up and it (late: the next catch-up takes the keys they hold)."""
-        late = version - self.seen - 1
+    def committed(self, version: int, ours: int = 0) -> int:
+        """Our commit landed at `version`, `ours` of the commits before it since the last
+        catch-up being ours too (a commit whose answer was lost); returns the other
+        writers' commits between the last catch-up and it (late: the next catch-up takes
+        the keys they hold)."""
+        late = version - self.seen - 1 - ours
         self.counted = version
         if late <= 0:  # nobody else committed: main is known up to ours
             self.seen = version
@@ -148,6 +152,7 @@ class MainWriter:
         self._said_behind = False
         self._sampled = 0  # files indexed on the way besides a delta-rs scan (_index_sample)
         self._declared = False  # main's implied writer features checked (see _ready_main)
+        self.run = uuid.uuid4().hex  # in each commit's metadata: our commits, told apart
 
     # --- reading main's keys -------------------------------------------------------
 
@@ -379,14 +384,15 @@ class MainWriter:
                 taken = self._catch_up(taken, span.wanted.keys, ranges, boxes, own_files)
                 versions.caught_up(main.version)
             rows = stream.without_keys(piece, taken, names) if taken.num_rows else piece
+            metadata = self._metadata()
             committed = main.append(
                 _then_failpoint(stream.keeping_keys(rows, names, written)),
                 self.target,
-                self._metadata(),
+                metadata,
             )
             failpoints.hit("batch-after-commit")
             inserted = pa.concat_tables(written) if written else self.goal.key_schema.empty_table()
-            late = versions.committed(committed)
+            late = versions.committed(committed, self._lost_answers(versions, committed, metadata))
             repaired = 0
             if late:
                 # the next piece's catch-up takes the keys those commits hold
@@ -419,8 +425,37 @@ class MainWriter:
         assert held is not None  # a span with new keys has rows to insert
         record(tally.last(held))
 
+    def _lost_answers(self, versions: Versions, committed: int, metadata: dict[str, str]) -> int:
+        """Of the commits between what the span knows of main and our commit `committed`,
+        how many are this very batch's commit: the store applied it but its answer was
+        lost, object_store's retry found the version taken, and delta-rs committed the same
+        actions again at the next version (the same files, so no row twice). They are
+        ours, not other writers' (commit_answers_lost), found by the run and batch our
+        commitInfo records."""
+        assert self.main is not None
+        between = range(versions.seen + 1, committed)
+        if not between:
+            return 0
+        files = self.files or Files.of(self.main, self.goal.keys)
+        ours = 0
+        for version in between:
+            info = files.written_by(version) or {}
+            if all(info.get(k) == metadata[k] for k in (RUN_KEY, "stagingmerge.batch")):
+                ours += 1
+        if ours:
+            self.metrics.commit_answers_lost += ours
+            log.warning(
+                "the store applied our commit but its answer was lost; the retry committed"
+                " the same files again (no row twice)",
+                main=str(self.goal.main),
+                version=committed,
+                lost=ours,
+            )
+        return ours
+
     def _metadata(self) -> dict[str, str]:
         metadata = {
+            RUN_KEY: self.run,
             "stagingmerge.staging": str(self.goal.staging),
             "stagingmerge.staging_version": str(self.metrics.staging_version),
             "stagingmerge.batch": str(self.metrics.batches + 1),
