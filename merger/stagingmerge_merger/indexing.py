@@ -108,9 +108,10 @@ def _index(request: IndexRequest, metrics: IndexMetrics, should_stop: Callable[[
     metrics.index_bytes_read = loaded.bytes_read
     files = Files.of(table, request.keys)
     exact = loaded.index.exact(files.files)
-    todo = [f for f in files.files if f.path not in exact]
+    # a file the log keeps no numRecords for can never have an exact entry: not indexed
+    todo = [f for f in files.files if f.path not in exact and f.rows is not None]
     metrics.main_files = len(files.files)
-    metrics.files_already_indexed = len(files.files) - len(todo)
+    metrics.files_already_indexed = sum(1 for f in files.files if f.path in exact)
     metrics.files_left = len(todo)
     log.info(
         "indexing main",
@@ -119,6 +120,7 @@ def _index(request: IndexRequest, metrics: IndexMetrics, should_stop: Callable[[
         files=len(files.files),
         already_indexed=metrics.files_already_indexed,
         to_index=len(todo),
+        without_row_counts=len(files.files) - metrics.files_already_indexed - len(todo),
     )
     if request.dry_run:
         metrics.files_indexed = len(todo)
