@@ -187,10 +187,6 @@ class Loaded:
     files_ignored: int
     bytes_read: int
 
-    @property
-    def files_read(self) -> int:
-        return len(self.names)
-
 
 class RangeIndex:
     """The entries of main's index files, and the pruning they allow."""
